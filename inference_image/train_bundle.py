@@ -1,0 +1,104 @@
+"""From APS files to a model bundle: evaluate, train, score, pick smoke vectors, write."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xgboost as xgb
+
+from .bundle import ModelBundle, load_bundle, write_bundle
+from .cost import FALSE_NEGATIVE_COST, FALSE_POSITIVE_COST
+from .data import ApsDataset, find_test_file, find_training_file, load_aps_csv
+from .schema import APS_FEATURES
+from .smoke_vectors import build_smoke_vectors, edge_rows, select_rows
+from .training import TrainingParams, out_of_fold_evaluation, train_final
+
+MODEL_NAME = "aps-classifier"
+SMOKE_VECTOR_COUNT = 30
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    bundle: ModelBundle
+    seconds: float
+
+
+def _data_record(dataset: ApsDataset) -> dict[str, Any]:
+    return {
+        "file": dataset.source.name,
+        "sha256": dataset.sha256,
+        "rows": dataset.rows,
+        "positives": dataset.positives,
+    }
+
+
+def default_version(model_json: bytes, threshold: float) -> str:
+    """Content-derived, so the same data, parameters and code give the same version."""
+    digest = hashlib.sha256(model_json + repr(threshold).encode()).hexdigest()
+    return f"aps-xgb-{digest[:12]}"
+
+
+def train_to_bundle(
+    data_dir: Path,
+    out_dir: Path,
+    params: TrainingParams | None = None,
+    version: str | None = None,
+    evaluate: bool = True,
+) -> TrainingSummary:
+    params = params or TrainingParams()
+    started = time.monotonic()
+    train = load_aps_csv(find_training_file(data_dir), require_labels=True)
+    labels = train.labels.astype(np.float32)  # type: ignore[union-attr]
+    log.info("training data: %s (%d rows, %d positives)", train.source, train.rows, train.positives)
+
+    out_of_fold = None
+    if evaluate:
+        result = out_of_fold_evaluation(train.features, labels, params)
+        out_of_fold = {
+            "method": f"nested {params.outer_folds}-fold CV, threshold from "
+            f"{params.inner_folds}-fold CV inside each training part",
+            "fold_thresholds": [round(fold.threshold, 6) for fold in result.folds],
+            **result.report.as_dict(),
+        }
+        log.info("out-of-fold: %s", result.report)
+
+    model = train_final(train.features, labels, params)
+    test_record = test_metrics = None
+    test_file = find_test_file(data_dir)
+    if test_file is not None:
+        test = load_aps_csv(test_file, require_labels=True)
+        test_record = _data_record(test)
+        test_metrics = model.evaluate(test.features, test.labels).as_dict()  # type: ignore[arg-type]
+        log.info("official test set: %s", test_metrics)
+
+    model_json = bytes(model.booster.save_raw(raw_format="json"))
+    smoke_rows = np.concatenate(
+        [
+            train.features[select_rows(train.labels, train.features, SMOKE_VECTOR_COUNT, params.seed)],
+            edge_rows(len(APS_FEATURES)),
+        ]
+    )
+    smoke = build_smoke_vectors(smoke_rows, model.probabilities(smoke_rows), model.threshold)
+    version = version or default_version(model_json, model.threshold)
+    card = {
+        "name": MODEL_NAME,
+        "version": version,
+        "task": "binary classification of APS failures (pos) vs other failures (neg)",
+        "framework": {"xgboost": xgb.__version__, "format": "xgboost-json"},
+        "features": {"count": len(APS_FEATURES), "missing": "NaN / 'na' / null"},
+        "threshold": model.threshold,
+        "decision": "pos when probability >= threshold",
+        "cost": {"false_positive": FALSE_POSITIVE_COST, "false_negative": FALSE_NEGATIVE_COST},
+        "parameters": params.as_dict(),
+        "data": {"train": _data_record(train), "test": test_record},
+        "metrics": {"out_of_fold": out_of_fold, "test": test_metrics},
+    }
+    bundle_dir = write_bundle(Path(out_dir), model_json, list(APS_FEATURES), card, smoke)
+    return TrainingSummary(load_bundle(bundle_dir), round(time.monotonic() - started, 1))
