@@ -1,0 +1,279 @@
+"""The Flask app: Open Inference Protocol V2 endpoints, /predict, /metrics and /openapi.json."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+import numpy as np
+import orjson
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException, NotFound
+
+from inference_image.bundle import ModelBundle, load_bundle
+from inference_image.predictor import NativePredictor
+
+from .config import ServingConfig
+from .metrics import UNMATCHED_ENDPOINT, ServingMetrics
+from .openapi import build_openapi
+from .payloads import InferParser, PayloadError, RecordParser, read_json_body
+
+log = logging.getLogger("linkedge.serving")
+
+SERVER_NAME = "linkedge"
+SMOKE_TOLERANCE = 1e-6
+LABELS = ("neg", "pos")
+_JSON = "application/json"
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+def server_version() -> str:
+    """The package's own version: the image runs it from source, not as an installed dist."""
+    from inference_image import __version__
+
+    return __version__
+
+
+def check_smoke_vectors(bundle: ModelBundle, predictor: NativePredictor) -> str | None:
+    """Why the predictor does not reproduce the bundle's smoke vectors, or None if it does."""
+    vectors = bundle.smoke_vectors
+    if not isinstance(vectors, list) or not vectors:
+        return "the bundle has no smoke vectors to verify the model with"
+    width = len(bundle.feature_names)
+    for index, vector in enumerate(vectors):
+        try:
+            inputs = vector["inputs"]
+            expected = float(vector["probability"])
+            expected_label = vector["label"]
+            if len(inputs) != width:
+                return f"smoke vector {index} has {len(inputs)} inputs, expected {width}"
+            row = np.array([inputs], dtype=np.float64).astype(np.float32)
+        except (KeyError, TypeError, ValueError) as exc:
+            return f"smoke vector {index} is malformed: {exc!r}"
+        probability = float(predictor.predict_proba(row)[0])
+        label = bundle.label_for(probability)
+        if abs(probability - expected) > SMOKE_TOLERANCE or label != expected_label:
+            return (
+                f"smoke vector {index}: expected probability {expected!r} (label "
+                f"{expected_label!r}), the model gives {probability!r} (label {label!r})"
+            )
+    return None
+
+
+class ServedModel:
+    """The loaded model, its readiness verdict and a vectorised predict."""
+
+    def __init__(self, bundle: ModelBundle, config: ServingConfig) -> None:
+        self.bundle = bundle
+        self.predictor = NativePredictor(bundle.model_path, nthread=config.xgboost_nthread)
+        if self.predictor.n_features != len(bundle.feature_names):
+            raise ValueError(
+                f"bundle {bundle.path}: the model takes {self.predictor.n_features} features "
+                f"but the schema lists {len(bundle.feature_names)}"
+            )
+        self.not_ready_reason = check_smoke_vectors(bundle, self.predictor)
+        if self.not_ready_reason:
+            log.error("model %s is not ready: %s", bundle.version, self.not_ready_reason)
+
+    @property
+    def ready(self) -> bool:
+        return self.not_ready_reason is None
+
+    def predict(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float32 probabilities and the boolean "pos" decision (as ``bundle.label_for``)."""
+        probabilities = self.predictor.predict_proba(rows)
+        return probabilities, probabilities.astype(np.float64) >= self.bundle.threshold
+
+
+def _json_response(body: Any, status: int = 200) -> Response:
+    data = body if isinstance(body, bytes) else orjson.dumps(body, option=_NUMPY)
+    return Response(data, status=status, content_type=_JSON)
+
+
+def _error(status: int, message: str) -> Response:
+    return _json_response({"error": message}, status)
+
+
+def _http_error_message(exc: HTTPException, max_body_bytes: int) -> str:
+    if exc.description != type(exc).description:  # raised by us with a specific message
+        return str(exc.description)
+    if exc.code == 404:
+        return f"no such path: {request.path[:200]}"
+    if exc.code == 405:
+        allowed = ", ".join(sorted(getattr(exc, "valid_methods", None) or ()))
+        return f"method {request.method[:20]} is not allowed on {request.path[:200]}; use {allowed}"
+    if exc.code == 413:
+        return f"request body exceeds the limit of {max_body_bytes} bytes"
+    return exc.name
+
+
+def _install_error_handlers(app: Flask, config: ServingConfig) -> None:
+    @app.errorhandler(PayloadError)
+    def payload_error(exc: PayloadError) -> Response:
+        return _error(exc.status, exc.message)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        response = _error(exc.code or 500, _http_error_message(exc, config.max_body_bytes))
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected_error(exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path[:200])
+        return _error(500, f"internal error ({type(exc).__name__}); see the server log")
+
+
+def _install_metrics_hooks(app: Flask, metrics: ServingMetrics) -> None:
+    @app.before_request
+    def start_timer() -> None:
+        request.environ["linkedge.start"] = perf_counter()
+
+    @app.after_request
+    def record(response: Response) -> Response:
+        started = request.environ.get("linkedge.start")
+        elapsed = perf_counter() - started if started is not None else 0.0
+        rule = request.url_rule
+        endpoint = rule.rule if rule is not None else UNMATCHED_ENDPOINT
+        metrics.observe_request(endpoint, request.method, response.status_code, elapsed)
+        return response
+
+
+def create_app(bundle: ModelBundle | Path, config: ServingConfig | None = None) -> Flask:
+    """Load the bundle's model once, verify its smoke vectors, and return the WSGI app."""
+    config = config or ServingConfig()
+    if not isinstance(bundle, ModelBundle):
+        bundle = load_bundle(Path(bundle))
+    model = ServedModel(bundle, config)
+    metrics = ServingMetrics(bundle.version, bundle.sha256)
+    records = RecordParser(bundle.feature_names, config.max_rows)
+    tensors = InferParser(bundle.feature_names, config.max_rows)
+    name, version = config.model_name, bundle.version
+
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.extensions["linkedge"] = {"model": model, "metrics": metrics, "config": config}
+    _install_error_handlers(app, config)
+    _install_metrics_hooks(app, metrics)
+
+    width = len(bundle.feature_names)
+    live_body = orjson.dumps({"live": True})
+    ready_body = orjson.dumps({"ready": True})
+    server_body = orjson.dumps({"name": SERVER_NAME, "version": server_version(), "extensions": []})
+    model_body = orjson.dumps(
+        {
+            "name": name,
+            "versions": [version],
+            "platform": "xgboost",
+            "inputs": [{"name": "input-0", "datatype": "FP32", "shape": [-1, width]}],
+            "outputs": [
+                {"name": "probability", "datatype": "FP32", "shape": [-1]},
+                {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            ],
+            "parameters": {
+                "threshold": bundle.threshold,
+                "bundle_sha256": bundle.sha256,
+                "features": list(bundle.feature_names),
+            },
+        }
+    )
+    openapi_body = orjson.dumps(
+        build_openapi(bundle.feature_names, name, version, server_version(), config.max_rows)
+    )
+
+    def check_model(model_name: str, model_version: str | None = None) -> None:
+        if model_name != name:
+            raise NotFound(f"unknown model {model_name[:100]!r}; this server serves {name!r}")
+        if model_version is not None and model_version != version:
+            raise NotFound(
+                f"unknown version {model_version[:100]!r} of model {name!r}; available: {version!r}"
+            )
+
+    def readiness() -> Response:
+        if model.ready:
+            return _json_response(ready_body)
+        return _json_response({"ready": False, "reason": model.not_ready_reason}, 503)
+
+    def require_ready() -> None:
+        if not model.ready:
+            raise PayloadError(f"model not ready: {model.not_ready_reason}", status=503)
+
+    def predict(rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        probabilities, positive = model.predict(rows)
+        n_positive = int(np.count_nonzero(positive))
+        metrics.count_predictions(n_positive, len(positive) - n_positive)
+        return probabilities, [LABELS[flag] for flag in positive.tolist()]
+
+    @app.route("/v2", methods=["GET"])
+    def server_metadata() -> Response:
+        return _json_response(server_body)
+
+    @app.route("/v2/health/live", methods=["GET"])
+    def live() -> Response:
+        return _json_response(live_body)
+
+    @app.route("/v2/health/ready", methods=["GET"])
+    def ready() -> Response:
+        return readiness()
+
+    @app.route("/v2/models/<model_name>", methods=["GET"])
+    @app.route("/v2/models/<model_name>/versions/<model_version>", methods=["GET"])
+    def model_metadata(model_name: str, model_version: str | None = None) -> Response:
+        check_model(model_name, model_version)
+        return _json_response(model_body)
+
+    @app.route("/v2/models/<model_name>/ready", methods=["GET"])
+    @app.route("/v2/models/<model_name>/versions/<model_version>/ready", methods=["GET"])
+    def model_ready(model_name: str, model_version: str | None = None) -> Response:
+        check_model(model_name, model_version)
+        return readiness()
+
+    @app.route("/v2/models/<model_name>/infer", methods=["POST"])
+    @app.route("/v2/models/<model_name>/versions/<model_version>/infer", methods=["POST"])
+    def infer(model_name: str, model_version: str | None = None) -> Response:
+        check_model(model_name, model_version)
+        require_ready()
+        parsed = tensors.parse(read_json_body(request.environ, config.max_body_bytes))
+        probabilities, labels = predict(parsed.rows)
+        shape = [len(labels)]
+        outputs = []
+        for output in parsed.outputs:
+            if output == "probability":
+                outputs.append(
+                    {"name": output, "datatype": "FP32", "shape": shape, "data": probabilities}
+                )
+            else:
+                outputs.append(
+                    {"name": output, "datatype": "BYTES", "shape": shape, "data": labels}
+                )
+        body: dict[str, Any] = {"model_name": name, "model_version": version}
+        if parsed.id is not None:
+            body["id"] = parsed.id
+        body["outputs"] = outputs
+        return _json_response(body)
+
+    @app.route("/predict", methods=["POST"])
+    def predict_records() -> Response:
+        require_ready()
+        rows = records.parse(read_json_body(request.environ, config.max_body_bytes))
+        probabilities, labels = predict(rows)
+        predictions = [
+            {"label": label, "probability": probability}
+            for label, probability in zip(labels, probabilities, strict=True)
+        ]
+        return _json_response({"model_version": version, "predictions": predictions})
+
+    @app.route("/metrics", methods=["GET"])
+    def prometheus_metrics() -> Response:
+        text, content_type = metrics.render()
+        return Response(text, status=200, content_type=content_type)
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi() -> Response:
+        return _json_response(openapi_body)
+
+    return app

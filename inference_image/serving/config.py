@@ -1,0 +1,58 @@
+"""Serving limits and knobs, with their environment-variable overrides."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+MiB = 1 << 20
+
+
+def positive_int_env(environ: Mapping[str, str], name: str, default: int) -> int:
+    """``environ[name]`` as a positive int, ``default`` when unset or empty."""
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    model_name: str = "aps-classifier"
+    max_body_bytes: int = 8 * MiB
+    max_rows: int = 10_000
+    xgboost_nthread: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_rows", "xgboost_nthread"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ServingConfig.{name} must be a positive integer, got {value!r}")
+        if not self.model_name or "/" in self.model_name:
+            raise ValueError(
+                f"ServingConfig.model_name must be a path segment, got {self.model_name!r}"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingConfig:
+        """Defaults overridden by LINKEDGE_MAX_BODY_BYTES, LINKEDGE_MAX_ROWS and
+        LINKEDGE_XGBOOST_NTHREAD; a bad value raises ValueError naming the variable."""
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        return cls(
+            model_name=defaults.model_name,
+            max_body_bytes=positive_int_env(
+                env, "LINKEDGE_MAX_BODY_BYTES", defaults.max_body_bytes
+            ),
+            max_rows=positive_int_env(env, "LINKEDGE_MAX_ROWS", defaults.max_rows),
+            xgboost_nthread=positive_int_env(
+                env, "LINKEDGE_XGBOOST_NTHREAD", defaults.xgboost_nthread
+            ),
+        )

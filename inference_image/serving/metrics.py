@@ -1,0 +1,130 @@
+"""Prometheus metrics of one app, aggregated across gunicorn workers when multiprocess.
+
+Each app owns a CollectorRegistry (tests create several apps in one process). When
+PROMETHEUS_MULTIPROC_DIR is set before prometheus_client is imported, values live in
+per-process files and /metrics renders them all through the multiprocess collector.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+UNMATCHED_ENDPOINT = "<unmatched>"
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def enable_multiprocess_values() -> None:
+    """Make metrics created from now on use per-process files.
+
+    prometheus_client picks its value class from the environment when it is imported;
+    call this after setting PROMETHEUS_MULTIPROC_DIR if it may have been imported before.
+    """
+    if multiprocess_dir() is None:
+        raise RuntimeError(f"{MULTIPROC_ENV} is not set")
+    values.ValueClass = values.get_value_class()
+
+
+class ServingMetrics:
+    """The four LinkEdge metrics; label children are cached so a request costs two dict hits."""
+
+    def __init__(self, model_version: str, bundle_sha256: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess = multiprocess_dir() is not None
+        if self.multiprocess and values.ValueClass is values.MutexValue:
+            raise RuntimeError(
+                f"{MULTIPROC_ENV} was set after prometheus_client was imported, so metrics "
+                "would not aggregate across workers: call enable_multiprocess_values() first"
+            )
+        self.requests = Counter(
+            "linkedge_requests",
+            "HTTP requests by Flask URL rule, method and status code.",
+            ("endpoint", "method", "status"),
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "linkedge_request_duration_seconds",
+            "Time spent handling a request, by Flask URL rule.",
+            ("endpoint",),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "linkedge_predictions",
+            "Predicted rows by label.",
+            ("label",),
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "linkedge_model_info",
+            "The served model bundle (always 1).",
+            ("version", "bundle_sha256"),
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
+        self.model_info.labels(model_version, bundle_sha256).set(1)
+        self._positive = self.predictions.labels("pos")
+        self._negative = self.predictions.labels("neg")
+        self._request_children: dict[tuple[str, str, int], Counter] = {}
+        self._duration_children: dict[str, Histogram] = {}
+        if self.multiprocess:
+            self._exposed = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self._exposed)
+        else:
+            self._exposed = self.registry
+
+    def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        if method not in KNOWN_METHODS:
+            method = "OTHER"
+        key = (endpoint, method, status)
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self._request_children[key] = self.requests.labels(
+                endpoint, method, str(status)
+            )
+        counter.inc()
+        histogram = self._duration_children.get(endpoint)
+        if histogram is None:
+            histogram = self._duration_children[endpoint] = self.duration.labels(endpoint)
+        histogram.observe(seconds)
+
+    def count_predictions(self, positive: int, negative: int) -> None:
+        if positive:
+            self._positive.inc(positive)
+        if negative:
+            self._negative.inc(negative)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its Content-Type."""
+        return generate_latest(self._exposed), CONTENT_TYPE_LATEST

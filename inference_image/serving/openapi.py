@@ -1,0 +1,373 @@
+"""The OpenAPI 3.0.3 description of the serving endpoints, built for one model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .payloads import F32_OVERFLOW, OUTPUT_NAMES, V2_DATATYPES
+
+_JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    reasons = {
+        400: "Malformed request; the message names the offending field",
+        404: "Unknown model, version or path",
+        413: "Body larger than the byte limit, or more rows than the row limit",
+        415: "Content-Type is not application/json",
+        503: "The model is not ready (its smoke vectors did not reproduce)",
+    }
+    return {str(code): _json(_ref("Error"), reasons[code]) for code in codes}
+
+
+def _schemas(feature_names: Sequence[str], max_rows: int) -> dict[str, Any]:
+    width = len(feature_names)
+    # Exactly the server's rule: finite doubles that do not round to infinity in float32.
+    number = {
+        "type": "number",
+        "minimum": -F32_OVERFLOW,
+        "exclusiveMinimum": True,
+        "maximum": F32_OVERFLOW,
+        "exclusiveMaximum": True,
+    }
+    feature_value = {
+        "description": 'A number (float32 range), or null / "na" for a missing value',
+        "anyOf": [{**number, "nullable": True}, {"type": "string", "enum": ["na"]}],
+    }
+    v2_value = {**number, "nullable": True}
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {"type": "string"}},
+        },
+        "Record": {
+            "type": "object",
+            "description": f"All {width} features of one truck reading, no others",
+            "required": list(feature_names),
+            "additionalProperties": False,
+            "properties": {name: feature_value for name in feature_names},
+        },
+        "Instances": {
+            "type": "object",
+            "required": ["instances"],
+            "additionalProperties": False,
+            "properties": {
+                "instances": {
+                    "type": "array",
+                    "description": f"At most {max_rows} records (more: 413)",
+                    "minItems": 1,
+                    "items": _ref("Record"),
+                }
+            },
+        },
+        "PredictResponse": {
+            "type": "object",
+            "required": ["model_version", "predictions"],
+            "properties": {
+                "model_version": {"type": "string"},
+                "predictions": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["label", "probability"],
+                        "properties": {
+                            "label": {"type": "string", "enum": ["neg", "pos"]},
+                            "probability": {"type": "number", "minimum": 0, "maximum": 1},
+                        },
+                    },
+                },
+            },
+        },
+        "InferenceRequest": {
+            "type": "object",
+            "required": ["inputs"],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "string"},
+                "parameters": {"type": "object"},
+                "inputs": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 1,
+                    "items": _ref("RequestInput"),
+                },
+                "outputs": {"type": "array", "items": _ref("RequestOutput")},
+            },
+        },
+        "RequestInput": {
+            "type": "object",
+            "description": (
+                f"Rows of {width} features in schema order; data holds shape[0] x {width} "
+                "values (flat, or one array per row)"
+            ),
+            "required": ["name", "shape", "datatype", "data"],
+            "additionalProperties": False,
+            "properties": {
+                "name": {"type": "string"},
+                "shape": {
+                    "description": (
+                        f"[N, {width}], or [{width}] for one row; N at most {max_rows} "
+                        "(more: 413). OpenAPI 3.0 cannot say that the second dimension must "
+                        f"be {width}, nor that data must hold N x {width} values."
+                    ),
+                    "oneOf": [
+                        {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": 1,
+                            "items": {"type": "integer", "enum": [width]},
+                        },
+                        {
+                            "type": "array",
+                            "minItems": 2,
+                            "maxItems": 2,
+                            "items": {"type": "integer", "minimum": 1},
+                        },
+                    ],
+                },
+                "datatype": {"type": "string", "enum": list(V2_DATATYPES)},
+                "parameters": {"type": "object"},
+                "data": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "anyOf": [
+                            v2_value,
+                            {
+                                "type": "array",
+                                "minItems": width,
+                                "maxItems": width,
+                                "items": v2_value,
+                            },
+                        ]
+                    },
+                },
+            },
+        },
+        "RequestOutput": {
+            "type": "object",
+            "required": ["name"],
+            "additionalProperties": False,
+            "properties": {
+                "name": {"type": "string", "enum": list(OUTPUT_NAMES)},
+                "parameters": {"type": "object"},
+            },
+        },
+        "InferenceResponse": {
+            "type": "object",
+            "required": ["model_name", "outputs"],
+            "properties": {
+                "model_name": {"type": "string"},
+                "model_version": {"type": "string"},
+                "id": {"type": "string"},
+                "outputs": {"type": "array", "items": _ref("ResponseOutput")},
+            },
+        },
+        "ResponseOutput": {
+            "type": "object",
+            "required": ["name", "datatype", "shape", "data"],
+            "properties": {
+                "name": {"type": "string", "enum": list(OUTPUT_NAMES)},
+                "datatype": {"type": "string", "enum": ["FP32", "BYTES"]},
+                "shape": {"type": "array", "items": {"type": "integer"}},
+                "data": {
+                    "type": "array",
+                    "items": {"anyOf": [{"type": "number"}, {"type": "string"}]},
+                },
+            },
+        },
+        "TensorMetadata": {
+            "type": "object",
+            "required": ["name", "datatype", "shape"],
+            "properties": {
+                "name": {"type": "string"},
+                "datatype": {"type": "string"},
+                "shape": {"type": "array", "items": {"type": "integer"}},
+            },
+        },
+        "ModelMetadata": {
+            "type": "object",
+            "required": ["name", "versions", "platform", "inputs", "outputs"],
+            "properties": {
+                "name": {"type": "string"},
+                "versions": {"type": "array", "items": {"type": "string"}},
+                "platform": {"type": "string"},
+                "inputs": {"type": "array", "items": _ref("TensorMetadata")},
+                "outputs": {"type": "array", "items": _ref("TensorMetadata")},
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "threshold": {"type": "number"},
+                        "bundle_sha256": {"type": "string"},
+                        "features": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
+        },
+        "ServerMetadata": {
+            "type": "object",
+            "required": ["name", "version", "extensions"],
+            "properties": {
+                "name": {"type": "string"},
+                "version": {"type": "string"},
+                "extensions": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "Live": {
+            "type": "object",
+            "required": ["live"],
+            "properties": {"live": {"type": "boolean"}},
+        },
+        "Ready": {
+            "type": "object",
+            "required": ["ready"],
+            "properties": {"ready": {"type": "boolean"}, "reason": {"type": "string"}},
+        },
+    }
+
+
+def _example_row(width: int) -> list[float | None]:
+    return [None if column % 10 == 0 else float(column) for column in range(width)]
+
+
+def build_openapi(
+    feature_names: Sequence[str],
+    model_name: str,
+    model_version: str,
+    server_version: str,
+    max_rows: int,
+) -> dict[str, Any]:
+    """The OpenAPI document served at /openapi.json."""
+    width = len(feature_names)
+    model = f"/v2/models/{model_name}"
+    versioned = f"{model}/versions/{{version}}"
+    version_param = {
+        "name": "version",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": [model_version]},
+    }
+    row = _example_row(width)
+    predict_body = {
+        "required": True,
+        "content": {
+            _JSON: {
+                "schema": {"oneOf": [_ref("Record"), _ref("Instances")]},
+                "example": {"instances": [dict(zip(feature_names, row, strict=True))]},
+            }
+        },
+    }
+    infer_body = {
+        "required": True,
+        "content": {
+            _JSON: {
+                "schema": _ref("InferenceRequest"),
+                "example": {
+                    "id": "example-1",
+                    "inputs": [
+                        {"name": "input-0", "shape": [1, width], "datatype": "FP32", "data": row}
+                    ],
+                },
+            }
+        },
+    }
+
+    def get(summary: str, schema: str, *errors: int, params: bool = False) -> dict[str, Any]:
+        operation: dict[str, Any] = {
+            "summary": summary,
+            "responses": {"200": _json(_ref(schema), "OK"), **_errors(*errors)},
+        }
+        if params:
+            operation["parameters"] = [version_param]
+        return {"get": operation}
+
+    def infer(params: bool) -> dict[str, Any]:
+        operation: dict[str, Any] = {
+            "summary": "Open Inference Protocol V2 inference",
+            "requestBody": infer_body,
+            "responses": {
+                "200": _json(_ref("InferenceResponse"), "Probabilities and labels"),
+                **_errors(400, 404, 413, 415, 503),
+            },
+        }
+        if params:
+            operation["parameters"] = [version_param]
+        return {"post": operation}
+
+    ready_responses = {
+        "200": _json(_ref("Ready"), "Ready"),
+        "503": _json(_ref("Ready"), "Not ready, with the reason"),
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "LinkEdge APS inference server",
+            "version": server_version,
+            "description": (
+                f"Serves model {model_name!r} version {model_version!r}. Feature values are "
+                "float32: numbers that would overflow float32 are rejected."
+            ),
+        },
+        "paths": {
+            "/v2": get("Server metadata", "ServerMetadata"),
+            "/v2/health/live": get("Liveness", "Live"),
+            "/v2/health/ready": {
+                "get": {
+                    "summary": "Readiness (smoke vectors reproduce)",
+                    "responses": ready_responses,
+                }
+            },
+            model: get("Model metadata", "ModelMetadata"),
+            f"{model}/ready": {"get": {"summary": "Model readiness", "responses": ready_responses}},
+            versioned: get("Model version metadata", "ModelMetadata", 404, params=True),
+            f"{versioned}/ready": {
+                "get": {
+                    "summary": "Model version readiness",
+                    "parameters": [version_param],
+                    "responses": {**ready_responses, **_errors(404)},
+                }
+            },
+            f"{model}/infer": infer(params=False),
+            f"{versioned}/infer": infer(params=True),
+            "/predict": {
+                "post": {
+                    "summary": "Predict failure labels for feature records",
+                    "requestBody": predict_body,
+                    "responses": {
+                        "200": _json(_ref("PredictResponse"), "One prediction per record"),
+                        **_errors(400, 413, 415, 503),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {
+                        "200": _json({"type": "object"}, "OpenAPI 3.0.3 document"),
+                    },
+                }
+            },
+        },
+        "components": {"schemas": _schemas(feature_names, max_rows)},
+    }

@@ -1,0 +1,172 @@
+"""Run the serving app under gunicorn: sync workers, one XGBoost thread each, preloaded model.
+
+With one XGBoost thread per worker (the default) the app, libxgboost and the model are
+loaded once in the master and shared copy-on-write by the forked workers. libgomp is not
+fork-safe: once the master has run a prediction with more than one OpenMP thread, forked
+workers hang in their first prediction. So with ``xgboost_nthread > 1`` every worker loads
+its own app after the fork instead (the master still verifies the bundle's checksums).
+
+Prometheus metrics go through per-process files in PROMETHEUS_MULTIPROC_DIR so /metrics
+aggregates every worker.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from inference_image.bundle import BundleError, load_bundle
+
+from .config import ServingConfig, positive_int_env
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # duplicated: importing .metrics would be too early
+DEFAULT_BUNDLE = "/opt/linkedge/model"
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_PORT = 8080
+
+
+def default_workers() -> int:
+    """One worker per CPU this process may run on (cgroup/affinity aware where possible)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def prepare_multiprocess_dir() -> Path:
+    """Use PROMETHEUS_MULTIPROC_DIR (created if needed, stale metric files removed as
+    prometheus_client requires) or set it to a fresh temporary directory (the container's
+    /tmp is a tmpfs). Call before prometheus_client is imported."""
+    configured = os.environ.get(MULTIPROC_ENV)
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True)
+        for kind in ("counter", "gauge_*", "histogram", "summary"):
+            for stale in path.glob(f"{kind}_*.db"):
+                stale.unlink()
+    else:
+        path = Path(tempfile.mkdtemp(prefix="linkedge-prometheus-"))
+        os.environ[MULTIPROC_ENV] = str(path)
+    if "prometheus_client" in sys.modules:  # imported before the variable was set
+        from .metrics import enable_multiprocess_values
+
+        enable_multiprocess_values()
+    return path
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+class _LinkEdgeApplication(BaseApplication):
+    def __init__(self, bundle_path: Path, config: ServingConfig, options: dict[str, Any]) -> None:
+        self._bundle_path = bundle_path
+        self._config = config
+        self._options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        assert self.cfg is not None
+        for key, value in self._options.items():
+            if key in self.cfg.settings:
+                self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from .app import create_app
+
+        return create_app(self._bundle_path, self._config)
+
+
+def gunicorn_options(
+    host: str,
+    port: int,
+    workers: int,
+    timeout: int,
+    access_log: bool,
+    preload: bool = True,
+) -> dict[str, Any]:
+    return {
+        "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
+        "workers": workers,
+        "worker_class": "sync",
+        "threads": 1,
+        "timeout": timeout,
+        "graceful_timeout": timeout,
+        "preload_app": preload,
+        "accesslog": "-" if access_log else None,
+        "errorlog": "-",
+        "child_exit": _child_exit,
+        "control_socket_disable": True,  # gunicorn >= 25 would write one under $HOME
+        "proc_name": "linkedge-inference",
+    }
+
+
+def run(
+    bundle_path: Path,
+    host: str,
+    port: int,
+    workers: int | None = None,
+    timeout: int = 30,
+    config: ServingConfig | None = None,
+    access_log: bool | None = None,
+) -> None:
+    """Serve the bundle with gunicorn until SIGTERM/SIGINT (blocks).
+
+    Raises BundleError before starting gunicorn if the bundle is missing or fails its
+    checksums; gunicorn exits the process (status 1, or 3 if workers cannot boot) on
+    other startup failures.
+    """
+    if workers is None:
+        workers = default_workers()
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if timeout < 1:
+        raise ValueError(f"timeout must be at least 1 second, got {timeout}")
+    if access_log is None:
+        access_log = os.environ.get("LINKEDGE_ACCESS_LOG", "0") == "1"
+    config = config or ServingConfig()
+    bundle_path = Path(bundle_path)
+    load_bundle(bundle_path)  # fail fast, before gunicorn starts, on a missing/tampered bundle
+    preload = config.xgboost_nthread == 1  # see the module docstring: libgomp and fork()
+    # libgomp spin-waits by default, which starves other workers on a loaded CPU; read
+    # when libgomp loads, so set it before anything loads libxgboost.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    prepare_multiprocess_dir()
+    options = gunicorn_options(host, port, workers, timeout, access_log, preload)
+    _LinkEdgeApplication(bundle_path, config, options).run()
+
+
+def run_from_env(environ: Mapping[str, str] | None = None) -> None:
+    """The container entrypoint: LINKEDGE_BUNDLE, LINKEDGE_HOST, LINKEDGE_PORT,
+    LINKEDGE_WORKERS, LINKEDGE_REQUEST_TIMEOUT, LINKEDGE_ACCESS_LOG and ServingConfig's
+    variables. A bad setting or bundle exits with status 2 and a one-line message."""
+    env = os.environ if environ is None else environ
+    try:
+        port = positive_int_env(env, "LINKEDGE_PORT", DEFAULT_PORT)
+        if port > 65535:
+            raise ValueError(f"LINKEDGE_PORT must be a TCP port (1-65535), got {port}")
+        workers_raw = env.get("LINKEDGE_WORKERS", "").strip()
+        run(
+            Path(env.get("LINKEDGE_BUNDLE") or DEFAULT_BUNDLE),
+            host=env.get("LINKEDGE_HOST") or DEFAULT_HOST,
+            port=port,
+            workers=positive_int_env(env, "LINKEDGE_WORKERS", 1) if workers_raw else None,
+            timeout=positive_int_env(env, "LINKEDGE_REQUEST_TIMEOUT", 30),
+            config=ServingConfig.from_env(env),
+            access_log=env.get("LINKEDGE_ACCESS_LOG", "0") == "1",
+        )
+    except (BundleError, ValueError) as exc:  # BundleError is a ValueError; named for clarity
+        print(f"linkedge-serve: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    run_from_env()

@@ -1,0 +1,242 @@
+"""`server.run` under gunicorn with two real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.parser import text_string_to_metric_families
+
+from inference_image.bundle import ModelBundle
+
+REPO = Path(__file__).resolve().parents[2]
+N_REQUESTS = 50
+LAUNCH_RUN = """
+import sys
+from pathlib import Path
+from inference_image.serving.config import ServingConfig
+from inference_image.serving.server import run
+run(Path(sys.argv[1]), "127.0.0.1", int(sys.argv[2]), workers=2,
+    config=ServingConfig(xgboost_nthread=int(sys.argv[3])))
+"""
+LAUNCH_ENV = "from inference_image.serving.server import run_from_env; run_from_env()"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(
+        self, bundle_path: Path, tmp_path: Path, nthread: int, via_env: bool = False
+    ) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.metrics_dir = tmp_path / "prometheus"
+        self.log_path = tmp_path / "server.log"
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
+        }
+        env.pop("LINKEDGE_ACCESS_LOG", None)
+        if via_env:  # the container entrypoint
+            env.update(
+                LINKEDGE_BUNDLE=str(bundle_path),
+                LINKEDGE_HOST="127.0.0.1",
+                LINKEDGE_PORT=str(self.port),
+                LINKEDGE_WORKERS="2",
+                LINKEDGE_XGBOOST_NTHREAD=str(nthread),
+            )
+            command = [sys.executable, "-c", LAUNCH_ENV]
+        else:
+            command = [sys.executable, "-c", LAUNCH_RUN, str(bundle_path), str(self.port)]
+            command.append(str(nthread))
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if requests.get(f"{self.base}/v2/health/ready", timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"server not ready after {timeout} s:\n{self.log()}")
+
+    def stop(self, timeout: float = 40.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                pytest.fail(f"server ignored SIGTERM for {timeout} s:\n{self.log()}")
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture(
+    params=[(1, False), (2, True)], ids=["run-preloaded-nthread1", "env-per-worker-nthread2"]
+)
+def server(request: pytest.FixtureRequest, tiny_bundle: ModelBundle, tmp_path: Path):
+    nthread, via_env = request.param
+    running = Server(tiny_bundle.path, tmp_path, nthread=nthread, via_env=via_env)
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+def predict_counts_by_pid(metrics_dir: Path) -> Counter[int]:
+    """Successful /predict requests recorded in each process's metric file."""
+    counts: Counter[int] = Counter()
+    for path in metrics_dir.glob("counter_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        for key, value, _timestamp, _offset in MmapedDict.read_all_values_from_file(str(path)):
+            if '"linkedge_requests_total"' in key and '"/predict"' in key and '"200"' in key:
+                counts[pid] += int(value)
+    return counts
+
+
+def scrape(base: str) -> dict[tuple[str, frozenset], float]:
+    text = requests.get(f"{base}/metrics", timeout=5).text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_two_workers_serve_and_aggregate_metrics(server: Server, tiny_bundle: ModelBundle):
+    vectors = tiny_bundle.smoke_vectors
+    jobs = [vectors[i % len(vectors)] for i in range(N_REQUESTS)]
+
+    def predict(vector: dict) -> tuple[int, dict]:
+        record = dict(zip(tiny_bundle.feature_names, vector["inputs"], strict=True))
+        response = requests.post(f"{server.base}/predict", json=record, timeout=10)
+        return response.status_code, response.json()
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(predict, jobs))
+
+    for (status, body), vector in zip(results, jobs, strict=True):
+        assert status == 200, body
+        (prediction,) = body["predictions"]
+        assert np.float32(prediction["probability"]) == np.float32(vector["probability"])
+        assert prediction["label"] == vector["label"]
+
+    per_worker = predict_counts_by_pid(server.metrics_dir)
+    assert sum(per_worker.values()) == N_REQUESTS
+    assert len([pid for pid, n in per_worker.items() if n]) == 2, per_worker  # both served
+
+    expected_labels = Counter(vector["label"] for vector in jobs)
+    for _ in range(4):  # every scrape, whichever worker answers, sees all workers' counts
+        samples = scrape(server.base)
+        key = frozenset({"endpoint": "/predict", "method": "POST", "status": "200"}.items())
+        assert samples[("linkedge_requests_total", key)] == N_REQUESTS
+        for label in ("pos", "neg"):
+            total = samples[("linkedge_predictions_total", frozenset({("label", label)}))]
+            assert total == expected_labels[label]
+        duration = frozenset({("endpoint", "/predict")})
+        assert samples[("linkedge_request_duration_seconds_count", duration)] == N_REQUESTS
+        info = frozenset({("version", tiny_bundle.version), ("bundle_sha256", tiny_bundle.sha256)})
+        assert samples[("linkedge_model_info", info)] == 1
+
+    workers = list(per_worker)
+    assert server.stop() == 0, server.log()
+    log = server.log()
+    assert "Shutting down: Master" in log
+    assert "POST /predict" not in log  # access log is off by default
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.fixture
+def tampered_bundle(tiny_bundle: ModelBundle, tmp_path: Path) -> Path:
+    bundle = tmp_path / "tampered"
+    bundle.mkdir()
+    for file in tiny_bundle.path.iterdir():
+        (bundle / file.name).write_bytes(file.read_bytes())
+    (bundle / "model_card.json").write_text('{"version": "evil", "threshold": 0.0}')
+    return bundle
+
+
+def test_a_tampered_bundle_stops_the_server_at_startup(tampered_bundle: Path, tmp_path: Path):
+    for nthread, via_env in ((1, False), (2, True)):
+        started = Server(tampered_bundle, tmp_path, nthread, via_env)
+        try:
+            returncode = started.process.wait(timeout=60)
+        finally:
+            started.stop()
+        assert returncode == (2 if via_env else 1)
+        assert "model_card.json fails its checksum" in started.log()
+        assert "Listening at" not in started.log()  # gunicorn never started
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("LINKEDGE_PORT", "http"),
+        ("LINKEDGE_PORT", "70000"),
+        ("LINKEDGE_WORKERS", "0"),
+        ("LINKEDGE_REQUEST_TIMEOUT", "-5"),
+        ("LINKEDGE_MAX_ROWS", "many"),
+        ("LINKEDGE_XGBOOST_NTHREAD", "1.5"),
+    ],
+)
+def test_run_from_env_rejects_bad_settings(
+    tiny_bundle: ModelBundle,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+) -> None:
+    from inference_image.serving import server
+
+    def must_not_start(*args: object, **kwargs: object) -> None:
+        raise AssertionError("gunicorn was started despite a bad setting")
+
+    monkeypatch.setattr(server, "_LinkEdgeApplication", must_not_start)
+    run_from_env = server.run_from_env
+    with pytest.raises(SystemExit) as info:
+        run_from_env({"LINKEDGE_BUNDLE": str(tiny_bundle.path), variable: value})
+    assert info.value.code == 2
+    assert variable in capsys.readouterr().err
+
+
+def test_run_from_env_names_a_missing_bundle(tmp_path: Path, capsys, monkeypatch) -> None:
+    from inference_image.serving import server
+
+    monkeypatch.setattr(server, "_LinkEdgeApplication", None)  # must fail before gunicorn
+    with pytest.raises(SystemExit):
+        server.run_from_env({"LINKEDGE_BUNDLE": str(tmp_path / "nothing-here")})
+    assert "nothing-here is not a model bundle" in capsys.readouterr().err
