@@ -81,7 +81,9 @@ def write_bundle(
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         (staging / MODEL_FILE).write_bytes(model_json)
-        _dump_json(staging / SCHEMA_FILE, {"features": list(feature_names), "missing": ["na", None]})
+        _dump_json(
+            staging / SCHEMA_FILE, {"features": list(feature_names), "missing": ["na", None]}
+        )
         _dump_json(staging / CARD_FILE, card)
         _dump_json(staging / SMOKE_FILE, smoke_vectors)
         sums = "".join(f"{sha256_file(staging / name)}  {name}\n" for name in CONTENT_FILES)

@@ -29,7 +29,9 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 class DataFormatError(ValueError):
     """A data file is missing or not in the APS format."""
 
-    def __init__(self, path: Path, message: str, line: int | None = None, column: str | None = None):
+    def __init__(
+        self, path: Path, message: str, line: int | None = None, column: str | None = None
+    ):
         where = str(path)
         if line is not None:
             where += f", line {line}"
@@ -112,7 +114,7 @@ def _check_header(path: Path, header: list[str], labeled: bool, line_number: int
     names = [name.strip() for name in header]
     if names == expected:
         return
-    for position, (got, want) in enumerate(zip(names, expected), start=1):
+    for position, (got, want) in enumerate(zip(names, expected, strict=False), start=1):
         if got != want:
             raise DataFormatError(
                 path, f"header has '{got}' where '{want}' belongs", line_number, f"{position}"
@@ -137,8 +139,10 @@ def _locate_bad_value(path: Path, fields: list[str], line_number: int, offset: i
             value = float(text)
         except ValueError:
             raise DataFormatError(
-                path, f"non-numeric value '{text}' (use '{MISSING_TOKEN}' for missing)",
-                line_number, column,
+                path,
+                f"non-numeric value '{text}' (use '{MISSING_TOKEN}' for missing)",
+                line_number,
+                column,
             ) from None
         if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
             raise DataFormatError(
@@ -157,7 +161,9 @@ def load_aps_csv(path: Path, require_labels: bool = False) -> ApsDataset:
         raise DataFormatError(path, f"has no '{LABEL_COLUMN}' column: it cannot train or score")
     offset = 1 if labeled else 0
     width = len(APS_FEATURES) + offset
-    body = [(number, line) for number, line in enumerate(lines[header_index + 1 :], header_line + 1)]
+    body = [
+        (number, line) for number, line in enumerate(lines[header_index + 1 :], header_line + 1)
+    ]
     body = [(number, line) for number, line in body if line.strip()]
     if not body:
         raise DataFormatError(path, "has a header but no data rows")
@@ -186,7 +192,7 @@ def load_aps_csv(path: Path, require_labels: bool = False) -> ApsDataset:
             raise
     infinite = np.argwhere(np.isinf(features))
     if infinite.size:
-        row, column = infinite[0]
+        row = infinite[0][0]
         number, line = body[row]
         _locate_bad_value(path, line.split(",")[offset:], number, offset)
     return ApsDataset(features=features, labels=labels, source=path, sha256=sha256_file(path))

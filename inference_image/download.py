@@ -28,7 +28,10 @@ def fetch(url: str, destination: Path, timeout: float = 60.0) -> str:
     """Stream `url` to `destination`; return its sha256."""
     digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(destination, "wb") as out:
+        with (
+            urllib.request.urlopen(url, timeout=timeout) as response,
+            open(destination, "wb") as out,
+        ):
             while chunk := response.read(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)
@@ -70,7 +73,9 @@ def download_official(
                         shutil.copyfileobj(source, sink)
                     got = sha256_file(target)
                     if got != expected:
-                        raise DownloadError(f"{name} in the archive has sha256 {got}, expected {expected}")
+                        raise DownloadError(
+                            f"{name} in the archive has sha256 {got}, expected {expected}"
+                        )
                     staged[name] = target
         except zipfile.BadZipFile as exc:
             raise DownloadError(f"{url} is not a zip archive: {exc}") from exc

@@ -7,6 +7,7 @@ single-record latency. This binding uses the same library, so predictions are id
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import json
@@ -44,7 +45,11 @@ def find_libxgboost() -> Path:
 def _load_library(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     lib.XGBGetLastError.restype = ctypes.c_char_p
-    lib.XGBoosterCreate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.POINTER(ctypes.c_void_p)]
+    lib.XGBoosterCreate.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_uint64,
+        ctypes.POINTER(ctypes.c_void_p),
+    ]
     lib.XGBoosterLoadModel.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
     lib.XGBoosterSetParam.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
     lib.XGBoosterFree.argtypes = [ctypes.c_void_p]
@@ -96,18 +101,18 @@ class NativePredictor:
 
     def predict_proba(self, rows: np.ndarray) -> np.ndarray:
         """Return one float32 probability per row of a (n, n_features) array."""
-        data = np.ascontiguousarray(rows, dtype=np.float32)
+        with np.errstate(over="raise", invalid="ignore"):
+            try:
+                data = np.ascontiguousarray(rows, dtype=np.float32)
+            except FloatingPointError:
+                raise ValueError("a value is beyond the 32-bit float range") from None
         if data.ndim != 2 or data.shape[1] != self.n_features:
             raise ValueError(f"expected shape (n, {self.n_features}), got {data.shape}")
         if data.shape[0] == 0:
             return np.empty(0, dtype=np.float32)
-        interface = json.dumps(
-            {
-                "data": [data.ctypes.data, True],
-                "shape": list(data.shape),
-                "typestr": "<f4",
-                "version": 3,
-            }
+        interface = (
+            f'{{"data":[{data.ctypes.data},true],"shape":[{data.shape[0]},{data.shape[1]}],'
+            f'"typestr":"<f4","version":3}}'
         ).encode()
         shape = _c_ulong_p()
         dims = ctypes.c_uint64()
@@ -124,6 +129,12 @@ class NativePredictor:
                     ctypes.byref(out),
                 )
             )
+            values = int(np.prod([shape[i] for i in range(dims.value)]))
+            if values != data.shape[0]:
+                raise PredictorError(
+                    f"model returned {values} values for {data.shape[0]} rows: "
+                    "only binary:logistic models with one output are supported"
+                )
             return np.ctypeslib.as_array(out, shape=(data.shape[0],)).copy()
 
     def close(self) -> None:
@@ -132,7 +143,5 @@ class NativePredictor:
             self._handle = ctypes.c_void_p()
 
     def __del__(self) -> None:  # pragma: no cover - interpreter shutdown order varies
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass

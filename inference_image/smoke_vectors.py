@@ -51,5 +51,5 @@ def build_smoke_vectors(
             "probability": float(probability),
             "label": "pos" if probability >= threshold else "neg",
         }
-        for row, probability in zip(rows, probabilities.astype(np.float32))
+        for row, probability in zip(rows, probabilities.astype(np.float32), strict=True)
     ]

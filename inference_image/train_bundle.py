@@ -81,7 +81,9 @@ def train_to_bundle(
     model_json = bytes(model.booster.save_raw(raw_format="json"))
     smoke_rows = np.concatenate(
         [
-            train.features[select_rows(train.labels, train.features, SMOKE_VECTOR_COUNT, params.seed)],
+            train.features[
+                select_rows(train.labels, train.features, SMOKE_VECTOR_COUNT, params.seed)
+            ],
             edge_rows(len(APS_FEATURES)),
         ]
     )

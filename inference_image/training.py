@@ -7,10 +7,15 @@ cross-validation, so no scored row ever influences the threshold applied to it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+# Idle OpenMP threads spin by default; on a 2-core edge or CI machine that starves everything
+# else (seen: a 0.1 s fit took 5 s beside another process). Must be set before libgomp loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import xgboost as xgb
 
 from .cost import CostReport, best_threshold, cost_report

@@ -8,9 +8,11 @@ import numpy as np
 
 from inference_image.schema import APS_FEATURES
 
-PREAMBLE = ["This file is part of APS Failure and Operational Data for Scania Trucks.", ""] + [
-    f"licence line {number}" for number in range(17)
-] + ["-" * 72]
+PREAMBLE = (
+    ["This file is part of APS Failure and Operational Data for Scania Trucks.", ""]
+    + [f"licence line {number}" for number in range(17)]
+    + ["-" * 72]
+)
 
 
 def format_value(value: float) -> str:

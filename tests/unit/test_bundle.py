@@ -30,7 +30,9 @@ def test_bundles_are_immutable(bundle_dir):
         write_bundle(bundle_dir, b"{}", list(APS_FEATURES), CARD, SMOKE)
 
 
-@pytest.mark.parametrize("name", ["model.json", "schema.json", "model_card.json", "smoke_vectors.json"])
+@pytest.mark.parametrize(
+    "name", ["model.json", "schema.json", "model_card.json", "smoke_vectors.json"]
+)
 def test_a_tampered_file_is_refused(bundle_dir, name):
     target = bundle_dir / name
     os.chmod(target, 0o644)

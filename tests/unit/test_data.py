@@ -66,15 +66,39 @@ def _set_cell(lines, line_index, column, text):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda lines: _set_cell(lines, HEADER, 3, "xx_999"), r"line 21, column 4: header has 'xx_999'"),
-        (lambda lines: lines.__setitem__(HEADER, lines[HEADER] + ",extra"), r"line 21: header has 172"),
-        (lambda lines: lines.__setitem__(HEADER + 3, lines[HEADER + 3] + ",1"), r"line 24: has 172 columns"),
-        (lambda lines: _set_cell(lines, HEADER + 2, 0, "maybe"), r"line 23, column class: class 'maybe'"),
-        (lambda lines: _set_cell(lines, HEADER + 5, 2, "12a"), r"line 26, column ab_000: non-numeric value '12a'"),
-        (lambda lines: _set_cell(lines, HEADER + 5, 7, "NaN"), r"line 26, column ag_000: value 'NaN'"),
+        (
+            lambda lines: _set_cell(lines, HEADER, 3, "xx_999"),
+            r"line 21, column 4: header has 'xx_999'",
+        ),
+        (
+            lambda lines: lines.__setitem__(HEADER, lines[HEADER] + ",extra"),
+            r"line 21: header has 172",
+        ),
+        (
+            lambda lines: lines.__setitem__(HEADER + 3, lines[HEADER + 3] + ",1"),
+            r"line 24: has 172 columns",
+        ),
+        (
+            lambda lines: _set_cell(lines, HEADER + 2, 0, "maybe"),
+            r"line 23, column class: class 'maybe'",
+        ),
+        (
+            lambda lines: _set_cell(lines, HEADER + 5, 2, "12a"),
+            r"line 26, column ab_000: non-numeric value '12a'",
+        ),
+        (
+            lambda lines: _set_cell(lines, HEADER + 5, 7, "NaN"),
+            r"line 26, column ag_000: value 'NaN'",
+        ),
         (lambda lines: _set_cell(lines, HEADER + 5, 9, "inf"), r"column ag_002: value 'inf'"),
-        (lambda lines: _set_cell(lines, HEADER + 5, 9, "1e39"), r"column ag_002: value '1e39' is not a finite"),
-        (lambda lines: _set_cell(lines, HEADER + 1, 1, ""), r"line 22, column aa_000: non-numeric value ''"),
+        (
+            lambda lines: _set_cell(lines, HEADER + 5, 9, "1e39"),
+            r"column ag_002: value '1e39' is not a finite",
+        ),
+        (
+            lambda lines: _set_cell(lines, HEADER + 1, 1, ""),
+            r"line 22, column aa_000: non-numeric value ''",
+        ),
         (lambda lines: lines.__setitem__(slice(0, None), lines[:25][:0]), r"no header line"),
         (lambda lines: lines.__setitem__(slice(HEADER + 1, None), []), r"no data rows"),
     ],

@@ -54,7 +54,7 @@ def test_archive_checksum_mismatch_writes_nothing(served_archive, tmp_path):
 def test_member_checksum_mismatch_writes_nothing(served_archive, tmp_path):
     out = tmp_path / "data"
     files = dict(served_archive["files"], **{"aps_failure_test_set.csv": "f" * 64})
-    with pytest.raises(DownloadError, match="aps_failure_test_set.csv in the archive"):
+    with pytest.raises(DownloadError, match=r"aps_failure_test_set\.csv in the archive"):
         download_official(out, served_archive["url"], served_archive["sha256"], files)
     assert not out.exists()
 

@@ -24,7 +24,9 @@ def model(tmp_path_factory):
 def test_matches_xgboost_exactly_including_missing(model):
     booster, path, features = model
     predictor = NativePredictor(path)
-    np.testing.assert_array_equal(predictor.predict_proba(features), booster.inplace_predict(features))
+    np.testing.assert_array_equal(
+        predictor.predict_proba(features), booster.inplace_predict(features)
+    )
     assert predictor.n_features == 170
 
 
@@ -46,3 +48,24 @@ def test_unreadable_model_is_a_predictor_error(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(PredictorError):
         NativePredictor(bad)
+
+
+def test_values_beyond_float32_are_refused(model):
+    _, path, _ = model
+    rows = np.zeros((1, 170), dtype=np.float64)
+    rows[0, 3] = 1e300
+    with pytest.raises(ValueError, match="32-bit float range"):
+        NativePredictor(path).predict_proba(rows)
+
+
+def test_multi_output_models_are_refused(tmp_path):
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(90, 170)).astype(np.float32)
+    booster = xgb.train(
+        {"objective": "multi:softprob", "num_class": 3, "nthread": 1},
+        xgb.DMatrix(features, label=rng.integers(0, 3, 90)),
+        3,
+    )
+    booster.save_model(tmp_path / "multi.json")
+    with pytest.raises(PredictorError, match="one output"):
+        NativePredictor(tmp_path / "multi.json").predict_proba(features[:4])

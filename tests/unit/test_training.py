@@ -53,7 +53,7 @@ def test_threshold_never_sees_the_fold_it_scores(data):
 
     result = out_of_fold_evaluation(features, labels, FAST, recording_chooser)
     assert len(seen_by_chooser) == FAST.outer_folds
-    for fold, seen in zip(result.folds, seen_by_chooser):
+    for fold, seen in zip(result.folds, seen_by_chooser, strict=True):
         assert np.intersect1d(fold.threshold_rows, fold.scored_rows).size == 0
         assert seen == fold.threshold_rows.size  # the chooser saw the training part only
     scored = np.concatenate([fold.scored_rows for fold in result.folds])

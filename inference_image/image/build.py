@@ -1,0 +1,125 @@
+"""Assemble the build context and build the serving image with the Docker engine."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from ..bundle import load_bundle
+from .base_image import resolve_base_image
+from .wheelhouse import REQUIREMENTS, ensure_wheelhouse
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+DOCKERFILE = Path(__file__).with_name("Dockerfile")
+DEFAULT_BASE_IMAGE = "debian:bookworm-slim"
+log = logging.getLogger(__name__)
+
+
+class ImageBuildError(RuntimeError):
+    """The Docker build failed; the message carries the end of its log."""
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    tag: str
+    image_id: str
+    size_bytes: int
+    model_version: str
+    bundle_sha256: str
+    base_image: str
+    seconds: float
+
+
+def source_revision(repo: Path = PACKAGE_DIR) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def assemble_context(context: Path, bundle_dir: Path, wheelhouse: Path) -> None:
+    """Dockerfile, wheels/ (only the pinned ones), app/inference_image, model/."""
+    shutil.copy2(DOCKERFILE, context / "Dockerfile")
+    wheels = context / "wheels"
+    wheels.mkdir()
+    for wheel in ensure_wheelhouse(wheelhouse):
+        shutil.copy2(wheel, wheels / wheel.name)
+    shutil.copy2(REQUIREMENTS, wheels / REQUIREMENTS.name)
+    shutil.copytree(
+        PACKAGE_DIR,
+        context / "app" / PACKAGE_DIR.name,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "image", "Dockerfile"),
+    )
+    shutil.copytree(bundle_dir, context / "model")
+    for path in (context / "model").iterdir():
+        path.chmod(0o444)
+    (context / "model").chmod(0o555)
+
+
+def build_image(
+    bundle_dir: Path,
+    tag: str,
+    wheelhouse: Path,
+    base_image: str = DEFAULT_BASE_IMAGE,
+    allow_pull: bool = True,
+    client: docker.DockerClient | None = None,
+) -> BuiltImage:
+    """Verify the bundle, then build `tag` from it; raise ImageBuildError with the log tail."""
+    bundle = load_bundle(bundle_dir)  # refuses a tampered bundle before anything is built
+    client = client or docker.from_env(timeout=600)
+    base = resolve_base_image(client, base_image, allow_pull)
+    started = time.monotonic()
+    log_tail: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="linkedge-build-") as tmp:
+        context = Path(tmp)
+        assemble_context(context, bundle.path, wheelhouse)
+        stream = client.api.build(
+            path=str(context),
+            tag=tag,
+            buildargs={
+                "BASE_IMAGE": base,
+                "MODEL_VERSION": bundle.version,
+                "BUNDLE_SHA256": bundle.sha256,
+                "SOURCE_REVISION": source_revision(),
+            },
+            rm=True,
+            forcerm=True,
+            pull=False,
+            decode=True,
+        )
+        for chunk in stream:
+            if "stream" in chunk:
+                line = chunk["stream"].rstrip()
+                if line:
+                    log.info("%s", line)
+                    log_tail = [*log_tail, line][-40:]
+            if "error" in chunk:
+                detail = "\n".join([*log_tail, chunk["error"]])
+                raise ImageBuildError(f"docker build of {tag} failed:\n{detail}")
+    try:
+        image = client.images.get(tag)
+    except docker.errors.ImageNotFound as exc:
+        raise ImageBuildError(f"docker build reported success but {tag} is absent") from exc
+    return BuiltImage(
+        tag=tag,
+        image_id=image.id,
+        size_bytes=int(image.attrs["Size"]),
+        model_version=bundle.version,
+        bundle_sha256=bundle.sha256,
+        base_image=base,
+        seconds=round(time.monotonic() - started, 1),
+    )

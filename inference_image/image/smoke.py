@@ -1,0 +1,142 @@
+"""Start the serving image, wait until it is ready, and check its smoke vectors over HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+import docker.errors
+import docker.models.containers
+
+CONTAINER_PORT = 8080
+TOLERANCE = 1e-6
+
+
+class SmokeTestError(RuntimeError):
+    """The container did not become ready or answered wrongly."""
+
+
+@dataclass
+class RunningService:
+    container: docker.models.containers.Container
+    base_url: str
+    cold_start_seconds: float
+    mismatches: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.container.remove(force=True)
+
+
+def http_json(url: str, payload: Any | None = None, timeout: float = 10.0) -> tuple[int, Any]:
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body)
+        except ValueError:
+            return exc.code, body.decode(errors="replace")
+
+
+def wait_ready(base_url: str, timeout: float = 60.0, container=None) -> float:
+    """Seconds until /v2/health/ready answered 200; SmokeTestError on timeout or exit."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            status, _ = http_json(f"{base_url}/v2/health/ready", timeout=1.0)
+            if status == 200:
+                return time.monotonic() - started
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pass
+        if container is not None:
+            container.reload()
+            if container.status in ("exited", "dead"):
+                logs = container.logs(tail=30).decode(errors="replace")
+                raise SmokeTestError(f"container exited before it was ready:\n{logs}")
+        time.sleep(0.05)
+    raise SmokeTestError(f"{base_url} was not ready within {timeout:.0f} s")
+
+
+def start_service(
+    image: str,
+    client: docker.DockerClient | None = None,
+    host_port: int | None = None,
+    name: str | None = None,
+    environment: dict[str, str] | None = None,
+) -> RunningService:
+    """Run the image hardened (read-only, no capabilities) on 127.0.0.1 and wait for ready."""
+    client = client or docker.from_env()
+    started = time.monotonic()
+    container = client.containers.run(
+        image,
+        detach=True,
+        name=name,
+        ports={f"{CONTAINER_PORT}/tcp": ("127.0.0.1", host_port)},
+        read_only=True,
+        tmpfs={"/tmp": "rw,noexec,nosuid,size=64m"},
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        environment=environment or {},
+    )
+    try:
+        container.reload()
+        port = container.attrs["NetworkSettings"]["Ports"][f"{CONTAINER_PORT}/tcp"][0]["HostPort"]
+        base_url = f"http://127.0.0.1:{port}"
+        wait_ready(base_url, container=container)
+    except BaseException:
+        container.remove(force=True)
+        raise
+    return RunningService(container, base_url, round(time.monotonic() - started, 3))
+
+
+def check_smoke_vectors(base_url: str, smoke_vectors: list[dict[str, Any]], features) -> list[str]:
+    """Send every smoke vector through /predict and V2 infer; return the mismatches."""
+    mismatches: list[str] = []
+    records = [
+        {name: value for name, value in zip(features, vector["inputs"], strict=True)}
+        for vector in smoke_vectors
+    ]
+    status, body = http_json(f"{base_url}/predict", {"instances": records})
+    if status != 200:
+        return [f"/predict answered {status}: {body}"]
+    for index, (vector, got) in enumerate(zip(smoke_vectors, body["predictions"], strict=True)):
+        if (
+            got["label"] != vector["label"]
+            or abs(got["probability"] - vector["probability"]) > TOLERANCE
+        ):
+            mismatches.append(f"/predict vector {index}: expected {vector}, got {got}")
+    tensor = [value for vector in smoke_vectors for value in vector["inputs"]]
+    request = {
+        "inputs": [
+            {
+                "name": "input-0",
+                "shape": [len(smoke_vectors), len(features)],
+                "datatype": "FP32",
+                "data": tensor,
+            }
+        ]
+    }
+    status, body = http_json(f"{base_url}/v2/models/aps-classifier/infer", request)
+    if status != 200:
+        return [*mismatches, f"V2 infer answered {status}: {body}"]
+    outputs = {output["name"]: output["data"] for output in body["outputs"]}
+    for index, vector in enumerate(smoke_vectors):
+        probability, label = outputs["probability"][index], outputs["label"][index]
+        if label != vector["label"] or abs(probability - vector["probability"]) > TOLERANCE:
+            mismatches.append(
+                f"V2 infer vector {index}: expected {vector['probability']}, "
+                f"{vector['label']}; got {probability}, {label}"
+            )
+    return mismatches
