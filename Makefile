@@ -32,7 +32,7 @@ wheelhouse: setup
 
 lint: setup
 	$(BIN)/ruff check inference_image tests
-	$(BIN)/ruff format --check inference_image tests || true
+	$(BIN)/ruff format --check inference_image tests
 
 test-unit: setup
 	$(BIN)/pytest -q -m "not docker" tests

@@ -41,13 +41,17 @@ def http_json(url: str, payload: Any | None = None, timeout: float = 10.0) -> tu
         request.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read() or b"null")
+            return response.status, _decode(response.read())
     except urllib.error.HTTPError as exc:
-        body = exc.read()
-        try:
-            return exc.code, json.loads(body)
-        except ValueError:
-            return exc.code, body.decode(errors="replace")
+        return exc.code, _decode(exc.read())
+
+
+def _decode(body: bytes) -> Any:
+    """JSON when the body is JSON, else its text (e.g. Prometheus metrics)."""
+    try:
+        return json.loads(body or b"null")
+    except ValueError:
+        return body.decode(errors="replace")
 
 
 def wait_ready(base_url: str, timeout: float = 60.0, container=None) -> float:
