@@ -191,10 +191,17 @@ def cmd_send(args: argparse.Namespace) -> int:
     if status != 200:
         print(f"server answered {status}: {body}", file=sys.stderr)
         return 1
-    print(f"model {body['model_version']} on {len(instances)} rows of {dataset.source.name}:")
-    for offset, prediction in enumerate(body["predictions"]):
+    predictions = body["predictions"]
+    flagged = [i for i, p in enumerate(predictions) if p["label"] == "pos"]
+    print(
+        f"model {body['model_version']} on {len(instances)} rows of {dataset.source.name}: "
+        f"{len(flagged)} pos, {len(instances) - len(flagged)} neg"
+    )
+    shown = sorted(set(range(min(args.show, len(predictions)))) | set(flagged[: args.show]))
+    for index in shown:
+        prediction = predictions[index]
         print(
-            f"  row {args.skip + offset + 1:>5}: {prediction['label']}  "
+            f"  row {args.skip + index + 1:>5}: {prediction['label']}  "
             f"p={prediction['probability']:.5f}"
         )
     return 0
@@ -272,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("send", help="send CSV rows to a server's /predict")
     p.add_argument("--url", default="http://127.0.0.1:8080")
     p.add_argument("--csv", type=Path, required=True)
-    p.add_argument("--rows", type=int, default=10)
+    p.add_argument("--rows", type=int, default=10, help="rows to send")
+    p.add_argument("--show", type=int, default=10, help="print this many rows and flagged ones")
     p.add_argument("--skip", type=int, default=0)
     p.set_defaults(func=cmd_send)
     return parser

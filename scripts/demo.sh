@@ -24,5 +24,5 @@ for _ in $(seq 1 100); do
   cli healthcheck --port "$PORT" 2>/dev/null && break
   sleep 0.1
 done
-cli send --url "http://127.0.0.1:$PORT" --csv "$DATA/aps_failure_test_set.unlabeled-sample.csv" --rows 12
+cli send --url "http://127.0.0.1:$PORT" --csv "$DATA/aps_failure_test_set.unlabeled-sample.csv" --rows 1000 --show 5
 echo "metrics: $(curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^linkedge_predictions_total' | tr '\n' ' ')"
