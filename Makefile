@@ -8,7 +8,8 @@ BASE_IMAGE  ?= debian:bookworm-slim
 DEMO_IMAGE  ?= linkedge/aps-classifier:demo
 export LINKEDGE_WHEELHOUSE := $(abspath $(WHEELHOUSE))
 
-.PHONY: help setup docker base-image wheelhouse lint test test-unit test-integration demo clean
+.PHONY: help setup docker base-image wheelhouse test-tools release lint test test-unit \
+        test-integration demo clean
 
 help:
 	@echo "make demo   train on the APS data, build the image, run it, send it real rows"
@@ -30,6 +31,13 @@ base-image: setup docker
 wheelhouse: setup
 	$(BIN)/python -m inference_image wheelhouse --out $(WHEELHOUSE)
 
+test-tools:
+	bash scripts/ensure-test-tools.sh
+
+# The project's own CI build: train, gate, build, smoke-test, publish (playbooks/build.yml).
+release: setup docker base-image wheelhouse
+	$(BIN)/ansible-playbook playbooks/build.yml
+
 lint: setup
 	$(BIN)/ruff check inference_image tests
 	$(BIN)/ruff format --check inference_image tests
@@ -37,10 +45,10 @@ lint: setup
 test-unit: setup
 	$(BIN)/pytest -q -m "not docker" tests
 
-test-integration: setup docker base-image wheelhouse
+test-integration: setup docker base-image wheelhouse test-tools
 	$(BIN)/pytest -q -m docker tests
 
-test: lint setup docker base-image wheelhouse
+test: lint setup docker base-image wheelhouse test-tools release
 	$(BIN)/pytest -q tests
 
 demo: setup docker base-image wheelhouse

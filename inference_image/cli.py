@@ -46,12 +46,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         key: value
         for key, value in {
             "n_estimators": args.n_estimators,
+            "learning_rate": args.learning_rate,
+            "max_depth": args.max_depth,
             "seed": args.seed,
             "nthread": args.nthread,
         }.items()
         if value is not None
     }
-    params = replace(TrainingParams(), **overrides)
+    if args.params:
+        try:
+            extra = json.loads(args.params)
+            params = replace(TrainingParams(), **{**overrides, **extra})
+        except (ValueError, TypeError) as exc:
+            fields = ", ".join(TrainingParams.__dataclass_fields__)
+            raise UsageError(f"--params must be a JSON object of {fields}: {exc}") from exc
+    else:
+        params = replace(TrainingParams(), **overrides)
     summary = train_to_bundle(
         Path(data_dir), args.out, params, version=args.version, evaluate=not args.skip_evaluation
     )
@@ -66,6 +76,56 @@ def cmd_train(args: argparse.Namespace) -> int:
             "seconds": summary.seconds,
         }
     )
+    return 0
+
+
+def _data_files(data_dir: Path) -> list[Path]:
+    from .data import find_test_file, find_training_file
+
+    test_file = find_test_file(data_dir)
+    return [find_training_file(data_dir)] + ([test_file] if test_file else [])
+
+
+def cmd_fingerprint(args: argparse.Namespace) -> int:
+    """The inputs' fingerprint, the release already built from them, and the current one."""
+    from .data import default_data_dir
+    from .release import current_release, find_release, input_fingerprint
+
+    data_dir = args.data or default_data_dir()
+    if data_dir is None:
+        raise UsageError("no --data DIR given and ../shared/aps does not exist")
+    fingerprint = input_fingerprint(_data_files(Path(data_dir)), json.loads(args.settings))
+    _print_json(
+        {
+            **fingerprint,
+            "data_dir": str(Path(data_dir).resolve()),
+            "existing": find_release(args.releases, fingerprint["fingerprint"]),
+            "current": current_release(args.releases),
+        }
+    )
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Export the image, list its packages and publish bundle + archive as a release."""
+    import tempfile
+
+    from .image.export import export_image
+    from .release import image_packages, input_fingerprint, publish_release
+
+    fingerprint = input_fingerprint(_data_files(args.data), json.loads(args.settings))
+    args.releases.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=args.releases) as export_dir:
+        export_image(args.image, Path(export_dir))
+        manifest = publish_release(
+            args.releases,
+            args.bundle,
+            Path(export_dir),
+            image_packages(args.image),
+            fingerprint,
+            build_seconds=args.build_seconds,
+        )
+    _print_json(manifest)
     return 0
 
 
@@ -105,6 +165,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         args.wheelhouse,
         base_image=args.base_image,
         allow_pull=not args.no_pull,
+        use_cache=not args.no_cache,
     )
     _print_json(asdict(built))
     return 0
@@ -222,14 +283,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="new bundle directory")
     p.add_argument("--version", help="model version (default: derived from the model)")
     p.add_argument("--n-estimators", type=int, help="boosting rounds")
+    p.add_argument("--learning-rate", type=float, help="boosting learning rate")
+    p.add_argument("--max-depth", type=int, help="tree depth")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--nthread", type=int, help="XGBoost threads while training")
+    p.add_argument("--params", help='JSON training overrides, e.g. {"n_estimators": 100}')
     p.add_argument(
         "--skip-evaluation",
         action="store_true",
         help="skip the nested out-of-fold cost estimate (faster; the card says so)",
     )
     p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("fingerprint", help="fingerprint the build inputs; find releases")
+    p.add_argument("--data", type=Path, help="APS data directory (default: ../shared/aps)")
+    p.add_argument("--settings", default="{}", help="JSON of the settings that shape the build")
+    p.add_argument("--releases", type=Path, required=True, help="releases directory")
+    p.set_defaults(func=cmd_fingerprint)
+
+    p = commands.add_parser("publish", help="export an image and publish it as a release")
+    p.add_argument("--releases", type=Path, required=True)
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--settings", default="{}")
+    p.add_argument("--build-seconds", type=float)
+    p.set_defaults(func=cmd_publish)
 
     p = commands.add_parser("verify", help="check a bundle's checksums")
     p.add_argument("--bundle", type=Path, required=True)
@@ -254,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-pull", action="store_true", help="never try a registry")
     p.add_argument("--wheelhouse", type=Path, default=DEFAULT_WHEELHOUSE)
+    p.add_argument("--no-cache", action="store_true", help="rebuild every layer")
     p.set_defaults(func=cmd_build)
 
     p = commands.add_parser("export", help="docker save the image with sha256 and model card")

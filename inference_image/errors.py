@@ -19,6 +19,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         ("inference_image.image.build", "ImageBuildError"),
         ("inference_image.image.export", "ExportError"),
         ("inference_image.image.smoke", "SmokeTestError"),
+        ("inference_image.release", "ReleaseError"),
     ):
         try:
             found.append(getattr(importlib.import_module(module), name))

@@ -77,6 +77,7 @@ def build_image(
     base_image: str = DEFAULT_BASE_IMAGE,
     allow_pull: bool = True,
     client: docker.DockerClient | None = None,
+    use_cache: bool = True,
 ) -> BuiltImage:
     """Verify the bundle, then build `tag` from it; raise ImageBuildError with the log tail."""
     bundle = load_bundle(bundle_dir)  # refuses a tampered bundle before anything is built
@@ -98,6 +99,7 @@ def build_image(
             },
             rm=True,
             forcerm=True,
+            nocache=not use_cache,
             pull=False,
             decode=True,
         )

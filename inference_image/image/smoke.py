@@ -83,9 +83,8 @@ def start_service(
     """Run the image hardened (read-only, no capabilities) on 127.0.0.1 and wait for ready."""
     client = client or docker.from_env()
     started = time.monotonic()
-    container = client.containers.run(
+    container = client.containers.create(
         image,
-        detach=True,
         name=name,
         ports={f"{CONTAINER_PORT}/tcp": ("127.0.0.1", host_port)},
         read_only=True,
@@ -95,6 +94,7 @@ def start_service(
         environment=environment or {},
     )
     try:
+        container.start()
         container.reload()
         port = container.attrs["NetworkSettings"]["Ports"][f"{CONTAINER_PORT}/tcp"][0]["HostPort"]
         base_url = f"http://127.0.0.1:{port}"

@@ -1,0 +1,196 @@
+"""Releases: the directory a rollout ships, published atomically and identified by its inputs.
+
+A release directory ``RELEASES/<version>/`` holds::
+
+    <image>.tar, <image>.tar.sha256   the image as `docker save` wrote it
+    image.json                         export record (archive, sha256, image ID, versions)
+    model_card.json                    the model card
+    bundle/                            the model bundle (checksummed)
+    packages.json                      Python packages (name, version) inside the image
+    manifest.json                      what the rollout reads (version, image ID, digests, ...)
+
+``RELEASES/current`` links to the newest accepted release and ``RELEASES/index/<fingerprint>``
+names the release built from a given set of inputs, so the same inputs never make a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .bundle import load_bundle, sha256_file
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+MANIFEST = "manifest.json"
+CURRENT = "current"
+INDEX = "index"
+LIST_PACKAGES = (
+    "import importlib.metadata as m, json; "
+    "print(json.dumps(sorted({d.metadata['Name'].lower(): d.version "
+    "for d in m.distributions()}.items())))"
+)
+
+
+class ReleaseError(RuntimeError):
+    """A release cannot be published or read."""
+
+
+def source_files(root: Path = PACKAGE_DIR) -> list[Path]:
+    """Every file that shapes the model or the image: the package's code and image recipe."""
+    return sorted(
+        path
+        for path in root.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    )
+
+
+def input_fingerprint(data_files: list[Path], settings: dict[str, Any]) -> dict[str, Any]:
+    """sha256 over the data, the source and the settings: equal inputs, equal fingerprint."""
+    digest = hashlib.sha256()
+    data = {path.name: sha256_file(path) for path in sorted(data_files)}
+    source = hashlib.sha256()
+    for path in source_files():
+        source.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0")
+        source.update(sha256_file(path).encode())
+    digest.update(json.dumps({"data": data, "settings": settings}, sort_keys=True).encode())
+    digest.update(source.hexdigest().encode())
+    return {
+        "fingerprint": digest.hexdigest(),
+        "data": data,
+        "source_sha256": source.hexdigest(),
+        "settings": settings,
+    }
+
+
+def source_commit(repo: Path = PACKAGE_DIR) -> str:
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--", str(repo)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head}-dirty" if dirty else head
+
+
+def image_packages(image: str) -> list[list[str]]:
+    """[name, version] of every Python distribution importable inside the image."""
+    result = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "python3",
+            image,
+            "-c",
+            LIST_PACKAGES,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise ReleaseError(f"cannot list the packages of {image}: {result.stderr.strip()[-500:]}")
+    return json.loads(result.stdout)
+
+
+def find_release(releases: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The manifest of the release built from these inputs, if it still exists intact."""
+    pointer = Path(releases) / INDEX / fingerprint
+    if not pointer.is_file():
+        return None
+    manifest_path = Path(releases) / pointer.read_text().strip() / MANIFEST
+    if not manifest_path.is_file():
+        return None
+    return json.loads(manifest_path.read_text())
+
+
+def current_release(releases: Path) -> dict[str, Any] | None:
+    manifest_path = Path(releases) / CURRENT / MANIFEST
+    return json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+
+
+def publish_release(
+    releases: Path,
+    bundle_dir: Path,
+    export_dir: Path,
+    packages: list[list[str]],
+    fingerprint: dict[str, Any],
+    build_seconds: float | None = None,
+) -> dict[str, Any]:
+    """Move an export and its bundle into RELEASES/<version>/ atomically, then point
+    `current` and the fingerprint index at it. Refuses to replace an existing version."""
+    releases = Path(releases)
+    bundle = load_bundle(bundle_dir)
+    image_record = json.loads((Path(export_dir) / "image.json").read_text())
+    if image_record["bundle_sha256"] != bundle.sha256:
+        raise ReleaseError(
+            f"the exported image carries bundle {image_record['bundle_sha256']}, "
+            f"not {bundle.sha256}: export the image built from this bundle"
+        )
+    target = releases / bundle.version
+    if target.exists():
+        raise ReleaseError(f"release {target} already exists; releases are immutable")
+    releases.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{bundle.version}.", dir=releases))
+    try:
+        for item in Path(export_dir).iterdir():
+            shutil.move(str(item), staging / item.name)
+        shutil.copytree(bundle.path, staging / "bundle")
+        listing = [{"name": name, "version": version} for name, version in packages]
+        (staging / "packages.json").write_text(json.dumps(listing, indent=2) + "\n")
+        manifest = {
+            "name": bundle.card.get("name", "aps-classifier"),
+            "version": bundle.version,
+            "image": image_record["image"],
+            "image_id": image_record["image_id"],
+            "archive": image_record["archive"],
+            "archive_sha256": image_record["sha256"],
+            "archive_bytes": image_record["size_bytes"],
+            "bundle_sha256": bundle.sha256,
+            "cost_ratio": (bundle.card["metrics"].get("out_of_fold") or {}).get("cost_ratio"),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "build_seconds": build_seconds,
+            "source_commit": source_commit(),
+            "inputs": fingerprint,
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        staging.chmod(0o755)  # mkdtemp made it private; releases are read by deploy users
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _point(releases / CURRENT, bundle.version)
+    (releases / INDEX).mkdir(exist_ok=True)
+    _write_atomically(releases / INDEX / fingerprint["fingerprint"], bundle.version + "\n")
+    return manifest
+
+
+def _point(link: Path, target: str) -> None:
+    temporary = link.with_name(f".{link.name}.{os.getpid()}")
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(target)
+    temporary.replace(link)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(text)
+    temporary.replace(path)

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Idempotent: Debian packages the tests drive for real (a local registry for the push test).
+set -euo pipefail
+missing=()
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "[ensure-test-tools] installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
