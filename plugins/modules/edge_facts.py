@@ -1,0 +1,226 @@
+#!/usr/bin/python
+# Copyright (c) LinkEdge developers
+# SPDX-License-Identifier: Apache-2.0
+# Ansible modules import after DOCUMENTATION, EXAMPLES and RETURN:
+# ruff: noqa: E402
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: edge_facts
+short_description: Facts about an edge host's inference service
+version_added: 0.1.0
+description:
+  - Returns C(ansible_facts.linkedge) about the host's Docker engine, the serving inference
+    container O(name), the previous one C(<name>-previous), the LinkEdge images present
+    (images labelled C(io.linkedge.model.version)) and the free space for more.
+options:
+  name:
+    description: Name of the serving container.
+    type: str
+    default: linkedge-inference
+requirements:
+  - Docker SDK for Python >= 5.0 on the target (C(python3-docker) on Debian and Ubuntu)
+  - a running Docker engine
+seealso:
+  - module: linkedge.edge.inference_container
+author:
+  - LinkEdge developers (@linkedge)
+attributes:
+  check_mode:
+    description: Runs in check mode exactly as without it (it only reads).
+    support: full
+  diff_mode:
+    description: Does not return a diff.
+    support: none
+  facts:
+    description: Returns C(ansible_facts.linkedge).
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: Gather the inference service's facts
+  linkedge.edge.edge_facts:
+
+- name: Show what serves
+  ansible.builtin.debug:
+    msg: "{{ ansible_facts.linkedge.serving.model_version | default('nothing') }}"
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: Facts to add to ansible_facts.
+  returned: always
+  type: dict
+  contains:
+    linkedge:
+      description: The inference service on this host.
+      returned: always
+      type: dict
+      contains:
+        docker_version:
+          description: Version of the Docker engine.
+          type: str
+          returned: always
+          sample: 20.10.24+dfsg1
+        docker_sdk_version:
+          description: Version of the Docker SDK for Python on the target.
+          type: str
+          returned: always
+          sample: 5.0.3
+        serving:
+          description: The container O(name); null when there is none.
+          type: dict
+          returned: always
+          sample:
+            container: linkedge-inference
+            container_id: 0b1c...
+            image: linkedge/aps-classifier:1.4.0
+            image_id: sha256:4de9...
+            model_version: aps-xgb-3f2a9c1d0b7e
+            bundle_sha256: 5e1a...
+            status: running
+            health: healthy
+            started_at: "2025-11-24T20:30:00.123456789Z"
+        previous:
+          description:
+            - The container C(<name>-previous); null when there is none. C(available) says
+              whether its image is still present, so that it can be rolled back to.
+          type: dict
+          returned: always
+          sample:
+            container: linkedge-inference-previous
+            image_id: sha256:b864...
+            model_version: aps-xgb-0c9d8e7f6a5b
+            status: exited
+            available: true
+        images:
+          description: Images labelled C(io.linkedge.model.version), newest first.
+          type: list
+          elements: dict
+          returned: always
+          sample:
+            - id: sha256:4de9...
+              tags: [linkedge/aps-classifier:1.4.0]
+              model_version: aps-xgb-3f2a9c1d0b7e
+              size: 230000000
+        docker_root_free_bytes:
+          description: Free bytes on the filesystem of Docker's root directory; null when it
+            cannot be read from the target.
+          type: int
+          returned: always
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.linkedge.edge.plugins.module_utils.constants import (
+    DEFAULT_SERVICE_NAME,
+    LABEL_BUNDLE_SHA256,
+    LABEL_MODEL_VERSION,
+    previous_name,
+)
+from ansible_collections.linkedge.edge.plugins.module_utils.docker_client import (
+    DockerException,
+    NotFound,
+    docker_error_message,
+    get_docker_client,
+    sdk_version,
+)
+
+
+def labels_of(attrs: dict) -> dict:
+    return (attrs.get("Config") or {}).get("Labels") or {}
+
+
+def find_container(client, name: str):
+    try:
+        return client.containers.get(name)
+    except NotFound:
+        return None
+
+
+def image_present(client, image_id: str) -> bool:
+    try:
+        client.images.get(image_id)
+        return True
+    except NotFound:
+        return False
+
+
+def serving_facts(container) -> dict | None:
+    if container is None:
+        return None
+    labels = labels_of(container.attrs)
+    state = container.attrs.get("State") or {}
+    return {
+        "container": container.name,
+        "container_id": container.id,
+        "image": (container.attrs.get("Config") or {}).get("Image"),
+        "image_id": container.attrs.get("Image"),
+        "model_version": labels.get(LABEL_MODEL_VERSION),
+        "bundle_sha256": labels.get(LABEL_BUNDLE_SHA256),
+        "status": state.get("Status"),
+        "health": (state.get("Health") or {}).get("Status"),
+        "started_at": state.get("StartedAt"),
+    }
+
+
+def previous_facts(client, container) -> dict | None:
+    if container is None:
+        return None
+    image_id = container.attrs.get("Image")
+    return {
+        "container": container.name,
+        "image_id": image_id,
+        "model_version": labels_of(container.attrs).get(LABEL_MODEL_VERSION),
+        "status": (container.attrs.get("State") or {}).get("Status"),
+        "available": image_present(client, image_id),
+    }
+
+
+def image_facts(client) -> list[dict]:
+    images = client.images.list(filters={"label": LABEL_MODEL_VERSION})
+    images.sort(key=lambda image: image.attrs.get("Created") or "", reverse=True)
+    return [
+        {
+            "id": image.id,
+            "tags": image.tags,
+            "model_version": labels_of(image.attrs).get(LABEL_MODEL_VERSION),
+            "size": image.attrs.get("Size"),
+        }
+        for image in images
+    ]
+
+
+def free_bytes(path: str | None) -> int | None:
+    try:
+        stat = os.statvfs(path)
+    except (OSError, TypeError):
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(name=dict(type="str", default=DEFAULT_SERVICE_NAME)),
+        supports_check_mode=True,
+    )
+    name = module.params["name"]
+    client = get_docker_client(module)
+    try:
+        facts = {
+            "docker_version": client.version().get("Version"),
+            "docker_sdk_version": sdk_version(),
+            "serving": serving_facts(find_container(client, name)),
+            "previous": previous_facts(client, find_container(client, previous_name(name))),
+            "images": image_facts(client),
+            "docker_root_free_bytes": free_bytes(client.info().get("DockerRootDir")),
+        }
+    except DockerException as exc:
+        module.fail_json(msg=docker_error_message("reading the Docker engine's state", exc))
+    module.exit_json(changed=False, ansible_facts={"linkedge": facts})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+#!/usr/bin/python
+# Copyright (c) LinkEdge developers
+# SPDX-License-Identifier: Apache-2.0
+# Ansible modules import after DOCUMENTATION, EXAMPLES and RETURN:
+# ruff: noqa: E402
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: inference_container
+short_description: Make an image version the serving inference container, safely
+version_added: 0.1.0
+description:
+  - Runs a LinkEdge serving image as the container O(name), hardened, and switches versions
+    so that a version that does not serve correctly never replaces the one that does.
+  - "Switch, when a container is serving: (1) a candidate C(<name>-candidate) from the new image
+    starts on 127.0.0.1 with an ephemeral port, must become ready within O(ready_timeout) and
+    reproduce every smoke vector of its bundle through C(/predict) and V2 infer; it is removed
+    either way and the serving container is not touched. (2) The serving container is renamed
+    C(<name>-previous) (replacing an older one) and stopped, the new C(<name>) starts on the
+    real port and is checked the same way; on failure it is removed and the previous
+    container is renamed back and started again. The previous image is always kept."
+  - Step (1) is skipped when nothing is serving (first deployment, or a stopped container).
+  - Unchanged when O(name) runs the same image ID created with the same settings (a fingerprint
+    of the settings is stored in the label C(io.linkedge.config.sha256)).
+  - "Hardening is not optional: the image's non-root user (an image whose USER is root is
+    refused), read-only root filesystem with a tmpfs on C(/tmp), all capabilities dropped,
+    C(no-new-privileges), memory (swap included), CPU and pids limits, a restart policy."
+  - Containers are labelled C(io.linkedge.service=<name>), C(io.linkedge.role=serving) (or
+    C(candidate)) and with the image's model labels. Labels cannot change after creation, so a
+    demoted container keeps C(io.linkedge.role=serving) and is recognised by its name
+    C(<name>-previous); its restart policy is set to C(no) while it is the previous one.
+options:
+  name:
+    description: Name of the serving container.
+    type: str
+    default: linkedge-inference
+  image:
+    description:
+      - The serving image, C(name:tag) or image ID. It must already be on the host (see
+        M(linkedge.edge.image_load)).
+    type: str
+    required: true
+  published_port:
+    description: Host port that container port 8080 is published on.
+    type: int
+    default: 8080
+  bind_address:
+    description:
+      - Host address the port is published on. The API has no authentication; keep it on
+        127.0.0.1 or an internal interface.
+    type: str
+    default: 127.0.0.1
+  env:
+    description: Environment variables for the container (C(LINKEDGE_WORKERS) and others).
+    type: dict
+    default: {}
+  memory:
+    description: Memory limit (Docker notation, binary units such as C(512m) or C(1g)); swap is
+      limited to the same value, so the container does not swap.
+    type: str
+    default: 512m
+  cpus:
+    description: CPU limit in cores.
+    type: float
+    default: 2.0
+  pids_limit:
+    description: Maximum number of processes in the container.
+    type: int
+    default: 256
+  restart_policy:
+    description: Docker restart policy of the serving container.
+    type: str
+    choices: ['no', always, unless-stopped, on-failure]
+    default: unless-stopped
+  tmpfs_size:
+    description: Size of the tmpfs mounted on C(/tmp) (C(noexec), C(nosuid), C(nodev)).
+    type: str
+    default: 64m
+  ready_timeout:
+    description:
+      - Seconds a new container (candidate or final) may take to become ready.
+      - A container whose readiness endpoint keeps refusing with a reason for 3 seconds, or
+        that exits, fails at once.
+    type: int
+    default: 60
+  stop_timeout:
+    description: Seconds the old container gets to stop before it is killed.
+    type: int
+    default: 10
+  smoke_check:
+    description:
+      - Check every smoke vector of the image's bundle (C(/opt/linkedge/model/smoke_vectors.json))
+        through C(/predict) and V2 infer (probabilities within 1e-6, labels exact), and the
+        served model version against the image label, before a new version counts as serving.
+      - Without it a new version only has to become ready.
+    type: bool
+    default: true
+  keep_previous:
+    description: Keep the replaced container, stopped, as C(<name>-previous) for a fast rollback.
+    type: bool
+    default: true
+  fail_on_rollback:
+    description:
+      - Fail the task when the new version was rolled back (so it counts against
+        C(max_fail_percentage)). The result fields are returned either way.
+    type: bool
+    default: true
+requirements:
+  - Docker SDK for Python >= 5.0 on the target (C(python3-docker) on Debian and Ubuntu)
+  - a running Docker engine
+notes:
+  - The module talks to the container over HTTP from the target itself, on 127.0.0.1 for the
+    candidate and on O(bind_address) (127.0.0.1 for C(0.0.0.0)) for the serving container.
+seealso:
+  - module: linkedge.edge.image_load
+  - module: linkedge.edge.inference_probe
+  - module: linkedge.edge.edge_facts
+author:
+  - LinkEdge developers (@linkedge)
+attributes:
+  check_mode:
+    description: Can run in check mode and report what would change without changing it.
+    support: full
+  diff_mode:
+    description: Does not return a diff.
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: Serve the release
+  linkedge.edge.inference_container:
+    image: linkedge/aps-classifier:1.4.0
+    published_port: 8080
+    env:
+      LINKEDGE_WORKERS: "2"
+  register: serving
+
+- name: Report a rollback without failing the play
+  linkedge.edge.inference_container:
+    image: "{{ release.image_id }}"
+    fail_on_rollback: false
+  register: switch
+
+- name: Show what happened
+  ansible.builtin.debug:
+    msg: "{{ switch.outcome }}: {{ switch.reason }} (gap {{ switch.serving_gap_seconds }} s)"
+"""
+
+RETURN = r"""
+outcome:
+  description: C(unchanged), C(updated) (the new version serves) or C(rolled_back).
+  returned: always
+  type: str
+  sample: updated
+rolled_back:
+  description: Whether the new version was refused and the host left serving what it served.
+  returned: always
+  type: bool
+reason:
+  description: Why the outcome is what it is (the failure for a rollback); null when updated.
+  returned: always
+  type: str
+  sample: "candidate linkedge-inference-candidate failed, ...: not ready within 60 s"
+image_id:
+  description: ID of the requested image; null in check mode when it is not on the host yet.
+  returned: always
+  type: str
+model_version:
+  description: The requested image's C(io.linkedge.model.version) label.
+  returned: always
+  type: str
+  sample: aps-xgb-3f2a9c1d0b7e
+bundle_sha256:
+  description: The requested image's C(io.linkedge.bundle.sha256) label.
+  returned: always
+  type: str
+previous_image_id:
+  description:
+    - Image ID of the container that was serving before (for C(unchanged), of
+      C(<name>-previous) when there is one); null when there was none.
+  returned: always
+  type: str
+previous_model_version:
+  description: Model version of that container.
+  returned: always
+  type: str
+container_id:
+  description: ID of the container serving as O(name) after the task; null if none, and in
+    check mode when it would switch.
+  returned: always
+  type: str
+serving_gap_seconds:
+  description:
+    - Seconds between stopping the old container and the new (or, after a rollback in step
+      (2), the restored) one answering ready; null when nothing was stopped.
+  returned: always
+  type: float
+  sample: 2.41
+cold_start_seconds:
+  description: Seconds from starting the new serving container to it being ready.
+  returned: always
+  type: float
+  sample: 2.3
+candidate_cold_start_seconds:
+  description: Seconds from starting the candidate to it being ready.
+  returned: when a candidate became ready
+  type: float
+smoke_vectors_checked:
+  description: Number of smoke vectors checked on each container.
+  returned: always
+  type: int
+  sample: 33
+steps:
+  description: What the module did, with seconds since it started.
+  returned: always
+  type: list
+  elements: str
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.linkedge.edge.plugins.module_utils.constants import (
+    DEFAULT_SERVICE_NAME,
+)
+from ansible_collections.linkedge.edge.plugins.module_utils.container_spec import SpecError
+from ansible_collections.linkedge.edge.plugins.module_utils.docker_client import (
+    DockerException,
+    ImageNotFound,
+    docker_error_message,
+    get_docker_client,
+)
+from ansible_collections.linkedge.edge.plugins.module_utils.inference_switch import (
+    InferenceSwitch,
+    RollbackFailed,
+    SwitchFailed,
+)
+
+ARGUMENT_SPEC = dict(
+    name=dict(type="str", default=DEFAULT_SERVICE_NAME),
+    image=dict(type="str", required=True),
+    published_port=dict(type="int", default=8080),
+    bind_address=dict(type="str", default="127.0.0.1"),
+    env=dict(type="dict", default={}),
+    memory=dict(type="str", default="512m"),
+    cpus=dict(type="float", default=2.0),
+    pids_limit=dict(type="int", default=256),
+    restart_policy=dict(
+        type="str",
+        default="unless-stopped",
+        choices=["no", "always", "unless-stopped", "on-failure"],
+    ),
+    tmpfs_size=dict(type="str", default="64m"),
+    ready_timeout=dict(type="int", default=60),
+    stop_timeout=dict(type="int", default=10),
+    smoke_check=dict(type="bool", default=True),
+    keep_previous=dict(type="bool", default=True),
+    fail_on_rollback=dict(type="bool", default=True),
+)
+
+EMPTY_RESULT = dict(
+    outcome="updated",
+    rolled_back=False,
+    reason=None,
+    image_id=None,
+    model_version=None,
+    bundle_sha256=None,
+    previous_image_id=None,
+    previous_model_version=None,
+    container_id=None,
+    serving_gap_seconds=None,
+    cold_start_seconds=None,
+    smoke_vectors_checked=0,
+    steps=[],
+)
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    params = module.params
+    if not 0 < params["published_port"] < 65536:
+        module.fail_json(msg=f"published_port {params['published_port']} is not a TCP port")
+    client = get_docker_client(module)
+    try:
+        image = client.images.get(params["image"])
+    except ImageNotFound:
+        if module.check_mode:
+            module.warn(f"image {params['image']} is not on the host yet; it would be deployed")
+            result = dict(EMPTY_RESULT)
+            result.update(changed=True, reason="check mode: would deploy")
+            module.exit_json(**result)
+        module.fail_json(
+            msg=f"image {params['image']} is not on this host: load it first "
+            "(linkedge.edge.image_load) or check the name",
+            **EMPTY_RESULT,
+        )
+    except DockerException as exc:
+        module.fail_json(msg=docker_error_message(f"looking up {params['image']}", exc))
+
+    switch = InferenceSwitch(client, params)
+    try:
+        result = switch.run(image, module.check_mode)
+    except (SpecError, SwitchFailed, RollbackFailed) as exc:
+        module.fail_json(msg=str(exc), steps=switch.steps)
+    except DockerException as exc:
+        module.fail_json(
+            msg=docker_error_message(f"switching {params['name']} to {params['image']}", exc)
+            + f"; see `docker ps -a --filter name={params['name']}`",
+            steps=switch.steps,
+            exception=traceback.format_exc(),
+        )
+    result["steps"] = switch.steps
+    if result["rolled_back"] and params["fail_on_rollback"]:
+        module.fail_json(msg=f"rolled back: {result['reason']}", **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""linkedge.edge.inference_container against the engine with real images: deploy, idempotence,
+switch, every kind of bad version rolled back, hardening, check mode."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from inference_image.image.smoke import http_json
+
+from .run_module import free_port, run_module
+
+pytestmark = pytest.mark.docker
+
+
+def deploy(service: str, image, port: int, check: bool = False, **options):
+    args = {"name": service, "image": image.tag, "published_port": port, **options}
+    return run_module("inference_container", args, check=check)
+
+
+def served_version(port: int) -> str | None:
+    try:
+        status, body = http_json(f"http://127.0.0.1:{port}/v2/models/aps-classifier", timeout=2)
+    except OSError:
+        return None
+    return body["versions"][0] if status == 200 else None
+
+
+def containers_of(client, service: str) -> dict[str, object]:
+    return {c.name: c for c in client.containers.list(all=True, filters={"name": service})}
+
+
+def test_first_deploy_then_unchanged(docker_client, images, service):
+    port = free_port()
+    first = deploy(service, images.v1, port)
+    assert not first.failed, first.result
+    assert first["changed"] and first["outcome"] == "updated" and not first["rolled_back"]
+    assert first["image_id"] == images.v1.id and first["model_version"] == images.v1.version
+    assert first["previous_image_id"] is None and first["serving_gap_seconds"] is None
+    assert first["smoke_vectors_checked"] >= 30 and first["cold_start_seconds"] > 0
+    container = docker_client.containers.get(service)
+    assert container.id == first["container_id"] and container.status == "running"
+    assert served_version(port) == images.v1.version
+
+    again = deploy(service, images.v1, port)
+    assert not again.failed, again.result
+    assert not again["changed"] and again["outcome"] == "unchanged"
+    assert again["container_id"] == container.id
+    assert set(containers_of(docker_client, service)) == {service}
+
+    changed_settings = deploy(service, images.v1, port, env={"LINKEDGE_WORKERS": "1"})
+    assert changed_settings["outcome"] == "updated", changed_settings.result
+    assert docker_client.containers.get(service).id != container.id
+
+
+def test_new_version_switches_and_keeps_the_previous_stopped(docker_client, images, service):
+    port = free_port()
+    assert deploy(service, images.v1, port)["outcome"] == "updated"
+    old_id = docker_client.containers.get(service).id
+
+    # Watch the service from outside during the switch: how long is nothing answering?
+    answers: list[tuple[float, str | None]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            answers.append((time.monotonic(), served_version(port)))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    switch = deploy(service, images.v2, port)
+    stop.set()
+    watcher.join()
+
+    assert not switch.failed, switch.result
+    assert switch["outcome"] == "updated" and switch["changed"]
+    assert switch["image_id"] == images.v2.id and switch["model_version"] == images.v2.version
+    assert switch["previous_image_id"] == images.v1.id
+    assert switch["previous_model_version"] == images.v1.version
+    assert 0 < switch["serving_gap_seconds"] < 15 and 0 < switch["cold_start_seconds"] < 15
+    assert switch["candidate_cold_start_seconds"] > 0
+    assert served_version(port) == images.v2.version
+
+    serving = docker_client.containers.get(service)
+    previous = docker_client.containers.get(f"{service}-previous")
+    assert serving.attrs["Image"] == images.v2.id and serving.status == "running"
+    assert previous.id == old_id and previous.attrs["Image"] == images.v1.id
+    assert previous.status == "exited"
+    assert previous.attrs["HostConfig"]["RestartPolicy"]["Name"] == "no"  # never comes back
+    assert f"{service}-candidate" not in containers_of(docker_client, service)
+
+    # Only the two versions ever answered, and the observed outage fits the reported gap.
+    assert {v for _, v in answers} <= {images.v1.version, images.v2.version, None}
+    longest, down_since = 0.0, None
+    for moment, version in answers:
+        if version is None:
+            down_since = down_since or moment
+        elif down_since is not None:
+            longest, down_since = max(longest, moment - down_since), None
+    assert longest <= switch["serving_gap_seconds"] + 0.5, (longest, switch.result)
+    print(f"\nswitch: {switch.result['steps']}, observed outage {longest:.3f} s")
+
+    # A third version replaces the older previous; keep_previous=false removes it.
+    third = deploy(service, images.v1, port, keep_previous=False)
+    assert third["outcome"] == "updated", third.result
+    assert set(containers_of(docker_client, service)) == {service}
+
+
+@pytest.mark.parametrize(
+    ("bad_image", "expected_reason"),
+    [
+        ("bad", "refuses to be ready"),  # its own smoke vectors fail inside the server
+        ("impostor", "smoke vector"),  # ready, but answers differ from its bundle's vectors
+    ],
+)
+def test_bad_version_is_rolled_back(docker_client, images, service, bad_image, expected_reason):
+    port = free_port()
+    assert deploy(service, images.v1, port)["outcome"] == "updated"
+    serving_id = docker_client.containers.get(service).id
+
+    run = deploy(service, getattr(images, bad_image), port)
+    assert run.failed, run.result  # fail_on_rollback: counts against max_fail_percentage
+    assert run["outcome"] == "rolled_back" and run["rolled_back"]
+    assert expected_reason in run["reason"] and "was not touched" in run["reason"]
+    assert run["container_id"] == serving_id
+    assert run["previous_model_version"] == images.v1.version
+    assert set(containers_of(docker_client, service)) == {service}  # no candidate left
+    container = docker_client.containers.get(service)
+    assert container.status == "running" and container.attrs["Image"] == images.v1.id
+    assert served_version(port) == images.v1.version
+
+    quiet = deploy(service, getattr(images, bad_image), port, fail_on_rollback=False)
+    assert not quiet.failed and not quiet["changed"] and quiet["outcome"] == "rolled_back"
+    assert docker_client.containers.get(service).id == serving_id
+
+
+def test_smoke_check_false_only_waits_for_ready(docker_client, images, service):
+    run = deploy(service, images.impostor, free_port(), smoke_check=False)
+    assert not run.failed and run["outcome"] == "updated", run.result
+    assert run["smoke_vectors_checked"] == 0
+
+
+def test_never_ready_version_is_rolled_back_within_ready_timeout(docker_client, images, service):
+    port = free_port()
+    assert deploy(service, images.v1, port)["outcome"] == "updated"
+    serving_id = docker_client.containers.get(service).id
+
+    run = deploy(service, images.never_ready, port, ready_timeout=6)
+    assert run.failed and run["outcome"] == "rolled_back", run.result
+    assert "not ready within 6 s" in run["reason"]
+    assert run.seconds < 6 + 8, run.seconds  # the timeout plus ansible's own start-up
+    assert docker_client.containers.get(service).id == serving_id
+    assert served_version(port) == images.v1.version
+
+
+def test_failure_after_the_old_one_stopped_restores_it(docker_client, images, service):
+    """The candidate is fine, but the real port cannot be bound: the old version comes back."""
+    port, busy_port = free_port(), free_port()
+    assert deploy(service, images.v1, port)["outcome"] == "updated"
+    serving_id = docker_client.containers.get(service).id
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", busy_port))
+        blocker.listen()
+        run = deploy(service, images.v2, busy_port)
+    assert run.failed and run["outcome"] == "rolled_back", run.result
+    assert "previous container serves again" in run["reason"]
+    assert run["changed"] and run["serving_gap_seconds"] > 0
+    container = docker_client.containers.get(service)
+    assert container.id == serving_id and container.status == "running"
+    assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    assert served_version(port) == images.v1.version
+
+
+def test_container_is_hardened(docker_client, images, service):
+    port = free_port()
+    run = deploy(
+        service,
+        images.v1,
+        port,
+        memory="256m",
+        cpus=1.5,
+        pids_limit=128,
+        restart_policy="always",
+        tmpfs_size="32m",
+        env={"LINKEDGE_WORKERS": "1"},
+    )
+    assert run["outcome"] == "updated", run.result
+    container = docker_client.containers.get(service)
+    host = container.attrs["HostConfig"]
+    assert host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["Privileged"] is False
+    assert host["Memory"] == 256 * 1024 * 1024 and host["MemorySwap"] == host["Memory"]
+    assert host["NanoCpus"] == 1_500_000_000 and host["PidsLimit"] == 128
+    assert host["RestartPolicy"]["Name"] == "always"
+    assert host["Tmpfs"]["/tmp"].startswith("rw,noexec,nosuid,nodev,size=")
+    assert host["PortBindings"]["8080/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
+    assert container.attrs["Config"]["User"].split(":")[0] == "10001"
+    assert "LINKEDGE_WORKERS=1" in container.attrs["Config"]["Env"]
+    labels = container.labels
+    assert labels["io.linkedge.service"] == service and labels["io.linkedge.role"] == "serving"
+    assert labels["io.linkedge.model.version"] == images.v1.version
+    assert {row[0] for row in container.top()["Processes"]} == {"10001"}
+    probe = container.exec_run(["python3", "-c", "open('/opt/linkedge/x', 'w')"])
+    assert probe.exit_code != 0
+
+
+def test_root_image_is_refused(docker_client, images, service):
+    run = deploy(service, images.root, free_port())
+    assert run.failed and "runs as root" in run["msg"], run.result
+    assert containers_of(docker_client, service) == {}
+
+
+def test_absent_image_says_load_it_first(docker_client, service):
+    run = run_module("inference_container", {"name": service, "image": "linkedge-test/none:0"})
+    assert run.failed and "load it first" in run["msg"]
+
+
+def test_check_mode_touches_nothing(docker_client, images, service):
+    port = free_port()
+    fresh = deploy(service, images.v1, port, check=True)
+    assert not fresh.failed and fresh["changed"] and fresh["outcome"] == "updated", fresh.result
+    assert containers_of(docker_client, service) == {}
+
+    absent = run_module(
+        "inference_container", {"name": service, "image": "linkedge-test/none:0"}, check=True
+    )
+    assert not absent.failed and absent["changed"], absent.result
+
+    assert deploy(service, images.v1, port)["outcome"] == "updated"
+    before = docker_client.containers.get(service)
+    switch = deploy(service, images.v2, port, check=True)
+    assert not switch.failed and switch["changed"] and switch["outcome"] == "updated"
+    assert switch["previous_image_id"] == images.v1.id
+    after = docker_client.containers.get(service)
+    assert after.id == before.id and after.status == "running"
+    assert after.attrs["State"]["StartedAt"] == before.attrs["State"]["StartedAt"]
+    assert set(containers_of(docker_client, service)) == {service}
+    assert served_version(port) == images.v1.version
