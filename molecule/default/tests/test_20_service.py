@@ -1,0 +1,88 @@
+"""Role inference_service: the release serves, hardened, and answers exactly its smoke vectors."""
+
+import struct
+
+from conftest import SERVICE, inspect, truck_http
+
+
+def f32(value: float) -> bytes:
+    """The FP32 the model computed: the API prints it shortest (0.723928), the smoke vectors
+    keep its exact double (0.7239279747009277); both are the same 32-bit float."""
+    return struct.pack("<f", value)
+
+
+def test_serving_container_runs_the_release(host, expected):
+    container = inspect(host, SERVICE)
+    assert container["State"]["Running"]
+    assert container["Image"] == expected.image_id
+    labels = container["Config"]["Labels"]
+    assert labels["io.linkedge.service"] == SERVICE
+    assert labels["io.linkedge.role"] == "serving"
+    assert labels["io.linkedge.model.version"] == expected.model_version
+
+
+def test_container_is_hardened(host):
+    container = inspect(host, SERVICE)
+    config, hostconfig = container["Config"], container["HostConfig"]
+    assert config["User"].split(":")[0] == "10001"
+    assert hostconfig["ReadonlyRootfs"] is True
+    assert hostconfig["CapDrop"] == ["ALL"]
+    assert not hostconfig["CapAdd"]
+    assert hostconfig["Privileged"] is False
+    assert any(opt.startswith("no-new-privileges") for opt in hostconfig["SecurityOpt"])
+    assert "/tmp" in hostconfig["Tmpfs"]
+    assert hostconfig["Memory"] == 512 * 1024 * 1024
+    assert hostconfig["NanoCpus"] == 2 * 10**9
+    assert hostconfig["PidsLimit"] == 256
+    assert hostconfig["RestartPolicy"]["Name"] == "unless-stopped"
+    assert hostconfig["PortBindings"] == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}
+
+
+def test_process_is_unprivileged_on_a_read_only_root(host):
+    assert host.check_output(f"docker exec {SERVICE} id -u") == "10001"
+    status = host.check_output(f"docker exec {SERVICE} cat /proc/1/status")
+    caps = {
+        line.split(":")[0]: line.split()[1]
+        for line in status.splitlines()
+        if line.startswith("Cap")
+    }
+    assert caps["CapEff"] == caps["CapPrm"] == caps["CapBnd"] == "0000000000000000"
+    assert host.run(f"docker exec {SERVICE} touch /probe").rc != 0
+    assert host.run(f"docker exec {SERVICE} touch /tmp/probe").rc == 0
+
+
+def test_predict_returns_exactly_the_smoke_vectors(truck, expected):
+    vectors = expected.smoke_vectors
+    records = [dict(zip(expected.features, v["inputs"], strict=True)) for v in vectors]
+    status, body = truck_http(truck, "POST", "/predict", {"instances": records})
+    assert status == 200, body
+    assert body["model_version"] == expected.model_version
+    got = [(p["label"], f32(p["probability"])) for p in body["predictions"]]
+    want = [(v["label"], f32(v["probability"])) for v in expected.smoke_vectors]
+    assert got == want
+
+
+def test_v2_infer_returns_exactly_the_smoke_vectors(truck, expected):
+    vectors = expected.smoke_vectors
+    request = {
+        "inputs": [
+            {
+                "name": "input-0",
+                "shape": [len(vectors), len(expected.features)],
+                "datatype": "FP32",
+                "data": [x for v in vectors for x in v["inputs"]],
+            }
+        ]
+    }
+    status, body = truck_http(truck, "POST", "/v2/models/aps-classifier/infer", request)
+    assert status == 200, body
+    assert body["model_version"] == expected.model_version
+    outputs = {o["name"]: o["data"] for o in body["outputs"]}
+    assert outputs["label"] == [v["label"] for v in vectors]
+    assert [f32(p) for p in outputs["probability"]] == [f32(v["probability"]) for v in vectors]
+
+
+def test_model_metadata_names_the_version(truck, expected):
+    status, body = truck_http(truck, "GET", "/v2/models/aps-classifier")
+    assert status == 200
+    assert body["versions"] == [expected.model_version]

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Build the two small releases the Molecule scenarios ship to simulated trucks:
+#   build/releases/v1  (30 boosting rounds)   build/releases/v2  (40 boosting rounds)
+# Each is an `inference_image export` directory (image archive, .sha256, model_card.json,
+# image.json) plus the model bundle it was built from in <release>/bundle (the tests read the
+# smoke vectors from there). Idempotent: a release whose image.json and archive are present and
+# whose archive size matches is kept as is; FORCE=1 rebuilds both.
+# Usage: bash scripts/molecule-releases.sh   (from the repository root; uses .venv when present)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+BIN="${BIN:-.venv/bin}"
+PYTHON="${PYTHON:-$BIN/python}"
+[ -x "$PYTHON" ] || PYTHON=python3
+RELEASES="${LINKEDGE_RELEASES_DIR:-build/releases}"
+DATA="${LINKEDGE_DATA_DIR:-../shared/aps}"
+IMAGE_NAME="${LINKEDGE_MOLECULE_IMAGE:-linkedge/aps-classifier}"
+log() { printf '[molecule-releases] %s\n' "$*" >&2; }
+cli() { "$PYTHON" -m inference_image "$@"; }
+
+present() { # release dir -> 0 when complete (image.json + archive of the recorded size)
+  "$PYTHON" - "$1" <<'EOF'
+import json, os, sys
+d = sys.argv[1]
+try:
+    meta = json.load(open(os.path.join(d, "image.json")))
+    ok = os.path.getsize(os.path.join(d, meta["archive"])) == meta["size_bytes"]
+    ok = ok and os.path.isfile(os.path.join(d, "bundle", "smoke_vectors.json"))
+except (OSError, ValueError, KeyError):
+    ok = False
+sys.exit(0 if ok else 1)
+EOF
+}
+
+release() { # name n_estimators
+  local name="$1" rounds="$2" out="$RELEASES/$1"
+  if [ "${FORCE:-0}" != 1 ] && present "$out"; then
+    log "$name: present ($out), skipped"
+    return 0
+  fi
+  log "$name: train ($rounds rounds, no evaluation), build, export"
+  mkdir -p "$RELEASES"
+  work=$(mktemp -d "$RELEASES/.$name.XXXXXX")
+  cli train --data "$DATA" --out "$work/bundle" --skip-evaluation --n-estimators "$rounds" >"$work/train.json"
+  cli build --bundle "$work/bundle" --tag "$IMAGE_NAME:molecule-$name" --no-pull >"$work/build.json"
+  cli export --image "$IMAGE_NAME:molecule-$name" --out "$work/export" >/dev/null
+  mv "$work/bundle" "$work/export/bundle"
+  [ ! -e "$out" ] || { chmod -R u+w "$out"; rm -rf "$out"; }
+  mv "$work/export" "$out"
+  cleanup
+  work=""
+  log "$name: $(sed -n 's/.*"model_version": "\(.*\)".*/\1/p' "$out/image.json") in $out"
+}
+
+work=""
+cleanup() { [ -z "$work" ] || { chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"; }; }
+trap cleanup EXIT
+release v1 30
+release v2 40
