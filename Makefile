@@ -8,12 +8,12 @@ BASE_IMAGE  ?= debian:bookworm-slim
 DEMO_IMAGE  ?= linkedge/aps-classifier:demo
 export LINKEDGE_WHEELHOUSE := $(abspath $(WHEELHOUSE))
 
-.PHONY: help setup docker base-image wheelhouse test-tools release lint test test-unit \
-        test-integration demo clean
+.PHONY: help setup docker base-image wheelhouse test-tools release lint sanity truck-image \
+        molecule-releases molecule test test-unit test-integration demo demo-image clean
 
 help:
-	@echo "make demo   train on the APS data, build the image, run it, send it real rows"
-	@echo "make test   lint + every test (installs Docker, base image, wheelhouse as needed)"
+	@echo "make demo   build a release, provision 2 simulated trucks with site.yml, query them"
+	@echo "make test   lint + sanity + every test + molecule (installs what it needs)"
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,8 +39,13 @@ release: setup docker base-image wheelhouse
 	$(BIN)/ansible-playbook playbooks/build.yml
 
 lint: setup
-	$(BIN)/ruff check inference_image tests
-	$(BIN)/ruff format --check inference_image tests
+	$(BIN)/ruff check inference_image tests plugins
+	$(BIN)/ruff format --check inference_image tests plugins
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/ansible-lint
+
+# ansible-test sanity for plugins/ (in a copy under build/ansible_collections/linkedge/edge).
+sanity: setup
+	BIN=$(abspath $(BIN)) bash scripts/ansible-sanity.sh
 
 test-unit: setup
 	$(BIN)/pytest -q -m "not docker" tests
@@ -48,10 +53,25 @@ test-unit: setup
 test-integration: setup docker base-image wheelhouse test-tools
 	$(BIN)/pytest -q -m docker tests
 
-test: lint setup docker base-image wheelhouse test-tools release
-	$(BIN)/pytest -q tests
+# Simulated trucks: systemd + (after docker_engine) a nested Docker engine.
+truck-image: docker base-image
+	bash molecule/resources/sim-truck/build.sh
 
-demo: setup docker base-image wheelhouse
+molecule-releases: setup docker base-image wheelhouse
+	BIN=$(BIN) bash scripts/molecule-releases.sh
+
+molecule: setup truck-image molecule-releases
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/molecule test
+
+test: lint sanity setup docker base-image wheelhouse test-tools release
+	$(BIN)/pytest -q tests
+	$(MAKE) molecule
+
+demo: setup docker base-image wheelhouse truck-image
+	BIN=$(BIN) bash scripts/demo-fleet.sh
+
+# The single-container demo: train, build, run the image locally, send it real rows.
+demo-image: setup docker base-image wheelhouse
 	BIN=$(BIN) IMAGE=$(DEMO_IMAGE) bash scripts/demo.sh
 
 clean:

@@ -3,6 +3,8 @@
 set -euo pipefail
 missing=()
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+# Debian's Docker SDK (5.0.3): the module tests also run against the SDK trucks really have.
+/usr/bin/python3 -c 'import docker' 2>/dev/null || missing+=(python3-docker)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "[ensure-test-tools] installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
