@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 
 pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent  # the venv's ansible-playbook, whatever PATH says
 
 
 def run_build(releases: Path, work: Path, **extra_vars) -> subprocess.CompletedProcess:
@@ -26,9 +28,14 @@ def run_build(releases: Path, work: Path, **extra_vars) -> subprocess.CompletedP
         **extra_vars,
     }
     return subprocess.run(
-        ["ansible-playbook", "playbooks/build.yml", "-e", json.dumps(variables)],
+        [str(BIN / "ansible-playbook"), "playbooks/build.yml", "-e", json.dumps(variables)],
         cwd=REPO,
-        env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"},
+        env={
+            **os.environ,
+            "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_NOCOLOR": "1",
+        },
         capture_output=True,
         text=True,
         timeout=900,
