@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import docker
 import docker.errors
 
 from ..bundle import load_bundle
+from ..release import source_commit
 from .base_image import resolve_base_image
 from .wheelhouse import REQUIREMENTS, ensure_wheelhouse
 
@@ -36,19 +36,6 @@ class BuiltImage:
     bundle_sha256: str
     base_image: str
     seconds: float
-
-
-def source_revision(repo: Path = PACKAGE_DIR) -> str:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def assemble_context(context: Path, bundle_dir: Path, wheelhouse: Path) -> None:
@@ -95,7 +82,7 @@ def build_image(
                 "BASE_IMAGE": base,
                 "MODEL_VERSION": bundle.version,
                 "BUNDLE_SHA256": bundle.sha256,
-                "SOURCE_REVISION": source_revision(),
+                "SOURCE_REVISION": source_commit(),
             },
             rm=True,
             forcerm=True,
