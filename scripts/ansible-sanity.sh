@@ -93,4 +93,4 @@ cd "$DEST"
 git init -q .
 log "ansible-test sanity --venv in $DEST, Python ${PYTHON_VERSION:-${versions[*]}}"
 exec "$BIN/ansible-test" sanity --venv "${python_args[@]}" --color no \
-    "$@" plugins/modules/ plugins/module_utils/
+    "$@" plugins/
