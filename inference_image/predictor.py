@@ -53,6 +53,8 @@ def _load_library(path: Path) -> ctypes.CDLL:
     lib.XGBoosterLoadModel.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
     lib.XGBoosterSetParam.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
     lib.XGBoosterFree.argtypes = [ctypes.c_void_p]
+    lib.XGProxyDMatrixCreate.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+    lib.XGDMatrixFree.argtypes = [ctypes.c_void_p]
     lib.XGBoosterGetNumFeature.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)]
     lib.XGBoosterPredictFromDense.argtypes = [
         ctypes.c_void_p,
@@ -70,14 +72,18 @@ class NativePredictor:
     """Probability of the positive class for rows of float32 features (NaN = missing).
 
     One instance serves one process; calls are serialised by a lock because libxgboost
-    returns predictions in a buffer owned by the booster.
+    returns predictions in a buffer owned by the booster, and reuses one proxy DMatrix.
+    Without it libxgboost builds a proxy per call, and each new one reads the cgroup CPU
+    quota from /sys (stat, open, read, regex): 99 µs per single-row call instead of 34 µs.
     """
 
     def __init__(self, model_path: Path, nthread: int = 1, library: Path | None = None) -> None:
         self._lib = _load_library(library or find_libxgboost())
         self._handle = ctypes.c_void_p()
+        self._proxy = ctypes.c_void_p()
         self._lock = threading.Lock()
         self._call(self._lib.XGBoosterCreate(None, 0, ctypes.byref(self._handle)))
+        self._call(self._lib.XGProxyDMatrixCreate(ctypes.byref(self._proxy)))
         self._call(self._lib.XGBoosterLoadModel(self._handle, str(model_path).encode()))
         self._call(self._lib.XGBoosterSetParam(self._handle, b"nthread", str(nthread).encode()))
         n_features = ctypes.c_uint64()
@@ -101,17 +107,22 @@ class NativePredictor:
 
     def predict_proba(self, rows: np.ndarray) -> np.ndarray:
         """Return one float32 probability per row of a (n, n_features) array."""
-        with np.errstate(over="raise", invalid="ignore"):
-            try:
-                data = np.ascontiguousarray(rows, dtype=np.float32)
-            except FloatingPointError:
-                raise ValueError("a value is beyond the 32-bit float range") from None
+        flags = rows.flags
+        if rows.dtype == np.float32 and flags.c_contiguous and flags.aligned:
+            data = rows  # the serving path: no conversion, no copy
+        else:  # libxgboost refuses misaligned data (e.g. floats after a binary request's JSON)
+            with np.errstate(over="raise", invalid="ignore"):
+                try:
+                    data = np.require(rows, np.float32, ["C_CONTIGUOUS", "ALIGNED"])
+                except FloatingPointError:
+                    raise ValueError("a value is beyond the 32-bit float range") from None
         if data.ndim != 2 or data.shape[1] != self.n_features:
             raise ValueError(f"expected shape (n, {self.n_features}), got {data.shape}")
-        if data.shape[0] == 0:
+        n_rows = data.shape[0]
+        if n_rows == 0:
             return np.empty(0, dtype=np.float32)
         interface = (
-            f'{{"data":[{data.ctypes.data},true],"shape":[{data.shape[0]},{data.shape[1]}],'
+            f'{{"data":[{data.ctypes.data},true],"shape":[{n_rows},{data.shape[1]}],'
             f'"typestr":"<f4","version":3}}'
         ).encode()
         shape = _c_ulong_p()
@@ -123,21 +134,26 @@ class NativePredictor:
                     self._handle,
                     interface,
                     self._config,
-                    None,
+                    self._proxy,
                     ctypes.byref(shape),
                     ctypes.byref(dims),
                     ctypes.byref(out),
                 )
             )
-            values = int(np.prod([shape[i] for i in range(dims.value)]))
-            if values != data.shape[0]:
+            values = 1
+            for index in range(dims.value):
+                values *= shape[index]
+            if values != n_rows:
                 raise PredictorError(
-                    f"model returned {values} values for {data.shape[0]} rows: "
+                    f"model returned {values} values for {n_rows} rows: "
                     "only binary:logistic models with one output are supported"
                 )
-            return np.ctypeslib.as_array(out, shape=(data.shape[0],)).copy()
+            return np.ctypeslib.as_array(out, shape=(n_rows,)).copy()
 
     def close(self) -> None:
+        if self._proxy:
+            self._lib.XGDMatrixFree(self._proxy)
+            self._proxy = ctypes.c_void_p()
         if self._handle:
             self._lib.XGBoosterFree(self._handle)
             self._handle = ctypes.c_void_p()

@@ -1,4 +1,8 @@
-"""The Flask app: Open Inference Protocol V2 endpoints, /predict, /metrics and /openapi.json."""
+"""The Flask app: Open Inference Protocol V2 endpoints, /predict, /metrics and /openapi.json.
+
+The two prediction routes are answered by :mod:`.fastpath` in front of Flask (same answers,
+errors and metrics); Flask serves everything else and keeps their rules for 404/405.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,25 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any
 
-import numpy as np
 import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, NotFound
 
 from inference_image.bundle import ModelBundle, load_bundle
-from inference_image.predictor import NativePredictor
 
 from .config import ServingConfig
+from .endpoints import PredictionEndpoints
+from .fastpath import HotRoutes
 from .metrics import UNMATCHED_ENDPOINT, ServingMetrics
+from .model import SMOKE_TOLERANCE, ServedModel, check_smoke_vectors
 from .openapi import build_openapi
-from .payloads import InferParser, PayloadError, RecordParser, read_json_body
+from .payloads import PayloadError
 
 log = logging.getLogger("linkedge.serving")
 
+__all__ = ["SMOKE_TOLERANCE", "ServedModel", "check_smoke_vectors", "create_app"]
+
 SERVER_NAME = "linkedge"
-SMOKE_TOLERANCE = 1e-6
-LABELS = ("neg", "pos")
 _JSON = "application/json"
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
@@ -34,57 +39,6 @@ def server_version() -> str:
     from inference_image import __version__
 
     return __version__
-
-
-def check_smoke_vectors(bundle: ModelBundle, predictor: NativePredictor) -> str | None:
-    """Why the predictor does not reproduce the bundle's smoke vectors, or None if it does."""
-    vectors = bundle.smoke_vectors
-    if not isinstance(vectors, list) or not vectors:
-        return "the bundle has no smoke vectors to verify the model with"
-    width = len(bundle.feature_names)
-    for index, vector in enumerate(vectors):
-        try:
-            inputs = vector["inputs"]
-            expected = float(vector["probability"])
-            expected_label = vector["label"]
-            if len(inputs) != width:
-                return f"smoke vector {index} has {len(inputs)} inputs, expected {width}"
-            row = np.array([inputs], dtype=np.float64).astype(np.float32)
-        except (KeyError, TypeError, ValueError) as exc:
-            return f"smoke vector {index} is malformed: {exc!r}"
-        probability = float(predictor.predict_proba(row)[0])
-        label = bundle.label_for(probability)
-        if abs(probability - expected) > SMOKE_TOLERANCE or label != expected_label:
-            return (
-                f"smoke vector {index}: expected probability {expected!r} (label "
-                f"{expected_label!r}), the model gives {probability!r} (label {label!r})"
-            )
-    return None
-
-
-class ServedModel:
-    """The loaded model, its readiness verdict and a vectorised predict."""
-
-    def __init__(self, bundle: ModelBundle, config: ServingConfig) -> None:
-        self.bundle = bundle
-        self.predictor = NativePredictor(bundle.model_path, nthread=config.xgboost_nthread)
-        if self.predictor.n_features != len(bundle.feature_names):
-            raise ValueError(
-                f"bundle {bundle.path}: the model takes {self.predictor.n_features} features "
-                f"but the schema lists {len(bundle.feature_names)}"
-            )
-        self.not_ready_reason = check_smoke_vectors(bundle, self.predictor)
-        if self.not_ready_reason:
-            log.error("model %s is not ready: %s", bundle.version, self.not_ready_reason)
-
-    @property
-    def ready(self) -> bool:
-        return self.not_ready_reason is None
-
-    def predict(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """float32 probabilities and the boolean "pos" decision (as ``bundle.label_for``)."""
-        probabilities = self.predictor.predict_proba(rows)
-        return probabilities, probabilities.astype(np.float64) >= self.bundle.threshold
 
 
 def _json_response(body: Any, status: int = 200) -> Response:
@@ -150,8 +104,7 @@ def create_app(bundle: ModelBundle | Path, config: ServingConfig | None = None) 
         bundle = load_bundle(Path(bundle))
     model = ServedModel(bundle, config)
     metrics = ServingMetrics(bundle.version, bundle.sha256)
-    records = RecordParser(bundle.feature_names, config.max_rows)
-    tensors = InferParser(bundle.feature_names, config.max_rows)
+    endpoints = PredictionEndpoints(model, metrics, config, bundle.version)
     name, version = config.model_name, bundle.version
 
     app = Flask(__name__, static_folder=None)
@@ -198,15 +151,11 @@ def create_app(bundle: ModelBundle | Path, config: ServingConfig | None = None) 
             return _json_response(ready_body)
         return _json_response({"ready": False, "reason": model.not_ready_reason}, 503)
 
-    def require_ready() -> None:
-        if not model.ready:
-            raise PayloadError(f"model not ready: {model.not_ready_reason}", status=503)
-
-    def predict(rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
-        probabilities, positive = model.predict(rows)
-        n_positive = int(np.count_nonzero(positive))
-        metrics.count_predictions(n_positive, len(positive) - n_positive)
-        return probabilities, [LABELS[flag] for flag in positive.tolist()]
+    def reply(body: bytes, headers: list[tuple[str, str]]) -> Response:
+        response = Response(body, status=200)
+        for header, value in headers:
+            response.headers[header] = value
+        return response
 
     @app.route("/v2", methods=["GET"])
     def server_metadata() -> Response:
@@ -236,36 +185,11 @@ def create_app(bundle: ModelBundle | Path, config: ServingConfig | None = None) 
     @app.route("/v2/models/<model_name>/versions/<model_version>/infer", methods=["POST"])
     def infer(model_name: str, model_version: str | None = None) -> Response:
         check_model(model_name, model_version)
-        require_ready()
-        parsed = tensors.parse(read_json_body(request.environ, config.max_body_bytes))
-        probabilities, labels = predict(parsed.rows)
-        shape = [len(labels)]
-        outputs = []
-        for output in parsed.outputs:
-            if output == "probability":
-                outputs.append(
-                    {"name": output, "datatype": "FP32", "shape": shape, "data": probabilities}
-                )
-            else:
-                outputs.append(
-                    {"name": output, "datatype": "BYTES", "shape": shape, "data": labels}
-                )
-        body: dict[str, Any] = {"model_name": name, "model_version": version}
-        if parsed.id is not None:
-            body["id"] = parsed.id
-        body["outputs"] = outputs
-        return _json_response(body)
+        return reply(*endpoints.infer(request.environ))
 
     @app.route("/predict", methods=["POST"])
     def predict_records() -> Response:
-        require_ready()
-        rows = records.parse(read_json_body(request.environ, config.max_body_bytes))
-        probabilities, labels = predict(rows)
-        predictions = [
-            {"label": label, "probability": probability}
-            for label, probability in zip(labels, probabilities, strict=True)
-        ]
-        return _json_response({"model_version": version, "predictions": predictions})
+        return reply(*endpoints.predict(request.environ))
 
     @app.route("/metrics", methods=["GET"])
     def prometheus_metrics() -> Response:
@@ -276,4 +200,5 @@ def create_app(bundle: ModelBundle | Path, config: ServingConfig | None = None) 
     def openapi() -> Response:
         return _json_response(openapi_body)
 
+    app.wsgi_app = HotRoutes(app.wsgi_app, endpoints, metrics, name, version)  # type: ignore[method-assign]
     return app

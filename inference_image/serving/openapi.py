@@ -5,9 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from . import binary
 from .payloads import F32_OVERFLOW, OUTPUT_NAMES, V2_DATATYPES
 
 _JSON = "application/json"
+_BINARY_DESCRIPTION = (
+    "Open Inference Protocol binary tensor data extension (as tritonclient.http sends it): "
+    f"the first `{binary.HEADER}` bytes are an InferenceRequest in JSON whose input has "
+    "`parameters.binary_data_size` instead of `data`; that many bytes follow, the rows' "
+    "values little-endian and row-major (FP32: 4 bytes each, FP64: 8; NaN = missing). Set "
+    "`parameters.binary_data_output` (request) or `parameters.binary_data` (output) to true "
+    "to get outputs the same way."
+)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -23,7 +32,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "Malformed request; the message names the offending field",
         404: "Unknown model, version or path",
         413: "Body larger than the byte limit, or more rows than the row limit",
-        415: "Content-Type is not application/json",
+        415: "Content-Type is not application/json (nor application/octet-stream or none "
+        f"with {binary.HEADER})",
         503: "The model is not ready (its smoke vectors did not reproduce)",
     }
     return {str(code): _json(_ref("Error"), reasons[code]) for code in codes}
@@ -94,7 +104,10 @@ def _schemas(feature_names: Sequence[str], max_rows: int) -> dict[str, Any]:
             "additionalProperties": False,
             "properties": {
                 "id": {"type": "string"},
-                "parameters": {"type": "object"},
+                "parameters": {
+                    "type": "object",
+                    "properties": {"binary_data_output": {"type": "boolean"}},
+                },
                 "inputs": {
                     "type": "array",
                     "minItems": 1,
@@ -160,7 +173,10 @@ def _schemas(feature_names: Sequence[str], max_rows: int) -> dict[str, Any]:
             "additionalProperties": False,
             "properties": {
                 "name": {"type": "string", "enum": list(OUTPUT_NAMES)},
-                "parameters": {"type": "object"},
+                "parameters": {
+                    "type": "object",
+                    "properties": {"binary_data": {"type": "boolean"}},
+                },
             },
         },
         "InferenceResponse": {
@@ -278,8 +294,22 @@ def build_openapi(
                         {"name": "input-0", "shape": [1, width], "datatype": "FP32", "data": row}
                     ],
                 },
-            }
+            },
+            binary.MEDIA_TYPE: {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": _BINARY_DESCRIPTION,
+                }
+            },
         },
+    }
+    header_param = {
+        "name": binary.HEADER,
+        "in": "header",
+        "required": False,
+        "description": "Byte length of the JSON part of a binary request (or response)",
+        "schema": {"type": "integer", "minimum": 0},
     }
 
     def get(summary: str, schema: str, *errors: int, params: bool = False) -> dict[str, Any]:
@@ -292,16 +322,28 @@ def build_openapi(
         return {"get": operation}
 
     def infer(params: bool) -> dict[str, Any]:
+        ok = _json(_ref("InferenceResponse"), "Probabilities and labels")
+        ok["content"][binary.MEDIA_TYPE] = {
+            "schema": {
+                "type": "string",
+                "format": "binary",
+                "description": "When binary outputs were requested: " + _BINARY_DESCRIPTION,
+            }
+        }
+        ok["headers"] = {
+            binary.HEADER: {
+                "description": "Present on binary responses: byte length of the JSON part",
+                "schema": {"type": "integer"},
+            }
+        }
         operation: dict[str, Any] = {
             "summary": "Open Inference Protocol V2 inference",
+            "parameters": [header_param],
             "requestBody": infer_body,
-            "responses": {
-                "200": _json(_ref("InferenceResponse"), "Probabilities and labels"),
-                **_errors(400, 404, 413, 415, 503),
-            },
+            "responses": {"200": ok, **_errors(400, 404, 413, 415, 503)},
         }
         if params:
-            operation["parameters"] = [version_param]
+            operation["parameters"] = [version_param, header_param]
         return {"post": operation}
 
     ready_responses = {

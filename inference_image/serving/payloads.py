@@ -19,23 +19,27 @@ import orjson
 
 from inference_image.schema import MISSING_TOKEN
 
-# Finite doubles at or beyond this magnitude round to infinity in float32.
-F32_OVERFLOW = float.fromhex("0x1.ffffffp+127")
+from . import binary
+from .validation import F32_OVERFLOW, PayloadError, describe
+
+__all__ = [
+    "F32_OVERFLOW",
+    "InferParser",
+    "InferRequest",
+    "PayloadError",
+    "RecordParser",
+    "describe",
+    "parse_json",
+    "read_body",
+    "read_json_body",
+]
+
 JSON_MEDIA_TYPE = "application/json"
 OUTPUT_NAMES = ("probability", "label")
 V2_DATATYPES = ("FP32", "FP64")
 _NUMERIC_TYPES = frozenset({int, float, type(None)})
 _NA_TO_NONE: dict[Any, None] = {MISSING_TOKEN: None}
 _SHOW = 5  # names listed in an error message before "and N more"
-
-
-class PayloadError(ValueError):
-    """A request the client must fix; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
 
 
 def is_json_content_type(content_type: str) -> bool:
@@ -94,24 +98,6 @@ def parse_json(body: bytes) -> Any:
         raise PayloadError(f"request body is not valid JSON: {exc}") from None
 
 
-def describe(value: Any) -> str:
-    """A short, safe description of a JSON value for error messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"boolean {'true' if value else 'false'}"
-    if isinstance(value, (int, float)):
-        return f"number {value!r}"
-    if isinstance(value, str):
-        shown = value if len(value) <= 40 else value[:37] + "..."
-        return f"string {shown!r}"
-    if isinstance(value, list):
-        return f"array of {len(value)} items"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
 def _listing(names: Sequence[str]) -> str:
     shown = ", ".join(
         repr(name if len(name) <= 40 else name[:37] + "...") for name in names[:_SHOW]
@@ -136,12 +122,15 @@ def _fast_float32(flat: Sequence[Any], allow_na: bool) -> np.ndarray | None:
     if not types <= _NUMERIC_TYPES:
         return None
     try:
-        wide = np.array(flat, dtype=np.float64)
+        # Straight to float32 (None -> NaN): a double at or beyond F32_OVERFLOW becomes
+        # infinity, exactly the values the slow path refuses; JSON has no infinities.
+        with np.errstate(over="ignore"):
+            matrix = np.array(flat, dtype=np.float32)
     except (OverflowError, ValueError, TypeError):
         return None
-    if (np.abs(wide) >= F32_OVERFLOW).any():
+    if np.isinf(matrix).any():
         return None
-    return wide.astype(np.float32)
+    return matrix
 
 
 def _value_problem(value: Any, allow_na: bool) -> str | None:
@@ -264,11 +253,13 @@ class RecordParser:
 
 @dataclass(frozen=True)
 class InferRequest:
-    """A parsed Open Inference Protocol V2 request."""
+    """A parsed Open Inference Protocol V2 request; ``binary_outputs[i]`` tells whether
+    ``outputs[i]`` goes back as raw bytes (the binary tensor data extension)."""
 
     rows: np.ndarray
     outputs: tuple[str, ...]
     id: str | None = None
+    binary_outputs: tuple[bool, ...] = ()
 
 
 _REQUEST_FIELDS = ("id", "parameters", "inputs", "outputs")
@@ -300,7 +291,8 @@ class InferParser:
         self.feature_names = tuple(feature_names)
         self.max_rows = max_rows
 
-    def parse(self, document: Any) -> InferRequest:
+    def parse(self, document: Any, tail: memoryview | None = None) -> InferRequest:
+        """``tail``: the bytes after the JSON part of a binary-extension request."""
         if type(document) is not dict:
             raise PayloadError(
                 f'request body: expected a JSON object with "inputs", got {describe(document)}'
@@ -313,15 +305,17 @@ class InferParser:
             raise PayloadError("id: expected a string, got null")
         if "parameters" in document:
             _require(document, "parameters", dict, "", "an object")
+        binary_default = binary.flag(document.get("parameters"), "binary_data_output", "", False)
         inputs = _require(document, "inputs", list, "", "an array of input tensors")
         if len(inputs) != 1:
             raise PayloadError(
                 f"inputs: this model takes exactly 1 input tensor, got {len(inputs)}"
             )
-        rows = self._parse_tensor(inputs[0], "inputs[0]")
-        return InferRequest(rows=rows, outputs=self._parse_outputs(document), id=request_id)
+        rows = self._parse_tensor(inputs[0], "inputs[0]", tail)
+        outputs, binary_outputs = self._parse_outputs(document, binary_default)
+        return InferRequest(rows, outputs, request_id, binary_outputs)
 
-    def _parse_tensor(self, tensor: Any, where: str) -> np.ndarray:
+    def _parse_tensor(self, tensor: Any, where: str, tail: memoryview | None) -> np.ndarray:
         if type(tensor) is not dict:
             raise PayloadError(f"{where}: expected an input tensor object, got {describe(tensor)}")
         _reject_unknown(tensor, _TENSOR_FIELDS, where)
@@ -335,8 +329,25 @@ class InferParser:
         if "parameters" in tensor:
             _require(tensor, "parameters", dict, prefix, "an object")
         n_rows = self._parse_shape(_require(tensor, "shape", list, prefix, "an array"), prefix)
-        data = _require(tensor, "data", list, prefix, "an array")
-        return self._parse_data(data, n_rows, tensor["shape"], prefix)
+        size = binary.binary_size(tensor, prefix)
+        if size is None:
+            if tail:
+                raise PayloadError(
+                    f"request body: {len(tail)} bytes follow the JSON part, but no input has "
+                    "parameters.binary_data_size"
+                )
+            data = _require(tensor, "data", list, prefix, "an array")
+            return self._parse_data(data, n_rows, tensor["shape"], prefix)
+        if tail is None:
+            raise PayloadError(
+                f"{prefix}parameters.binary_data_size: binary data needs the {binary.HEADER} header"
+            )
+        if size != len(tail):
+            raise PayloadError(
+                f"{prefix}parameters.binary_data_size: {size} bytes announced, "
+                f"{len(tail)} follow the JSON part"
+            )
+        return binary.decode_rows(tail, datatype, n_rows, self.feature_names, prefix)
 
     def _parse_shape(self, shape: list[Any], prefix: str) -> int:
         width = len(self.feature_names)
@@ -404,11 +415,14 @@ class InferParser:
             values.append(_as_float(value))
         return np.array(values, dtype=np.float32)
 
-    def _parse_outputs(self, document: dict[str, Any]) -> tuple[str, ...]:
+    def _parse_outputs(
+        self, document: dict[str, Any], binary_default: bool
+    ) -> tuple[tuple[str, ...], tuple[bool, ...]]:
         if "outputs" not in document:
-            return OUTPUT_NAMES
+            return OUTPUT_NAMES, (binary_default,) * len(OUTPUT_NAMES)
         outputs = _require(document, "outputs", list, "", "an array of requested outputs")
         names: list[str] = []
+        flags: list[bool] = []
         for index, output in enumerate(outputs):
             where = f"outputs[{index}]"
             if type(output) is not dict:
@@ -424,6 +438,11 @@ class InferParser:
                 )
             if "parameters" in output:
                 _require(output, "parameters", dict, f"{where}.", "an object")
+            parameters = output.get("parameters")
+            as_binary = binary.flag(parameters, "binary_data", f"{where}.", binary_default)
             if name not in names:
                 names.append(name)
-        return tuple(names) if names else OUTPUT_NAMES
+                flags.append(as_binary)
+        if not names:
+            return OUTPUT_NAMES, (binary_default,) * len(OUTPUT_NAMES)
+        return tuple(names), tuple(flags)

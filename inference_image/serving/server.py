@@ -1,4 +1,8 @@
-"""Run the serving app under gunicorn: sync workers, one XGBoost thread each, preloaded model.
+"""Run the serving app under gunicorn: one XGBoost thread per worker, preloaded model.
+
+Workers are :class:`.worker.KeepAliveWorker` (gthread's keep-alive event loop, requests
+served inline); ``LINKEDGE_WORKER_CLASS=sync`` or ``gthread`` selects gunicorn's own worker
+instead.
 
 With one XGBoost thread per worker (the default) the app, libxgboost and the model are
 loaded once in the master and shared copy-on-write by the forked workers. libgomp is not
@@ -12,6 +16,7 @@ aggregates every worker.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import tempfile
@@ -29,6 +34,12 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # duplicated: importing .metrics wou
 DEFAULT_BUNDLE = "/opt/linkedge/model"
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8080
+KEEPALIVE_SECONDS = 5
+WORKER_CLASSES = {
+    "keepalive": "inference_image.serving.worker.KeepAliveWorker",
+    "sync": "sync",
+    "gthread": "gthread",
+}
 
 
 def default_workers() -> int:
@@ -82,7 +93,13 @@ class _LinkEdgeApplication(BaseApplication):
     def load(self) -> Any:
         from .app import create_app
 
-        return create_app(self._bundle_path, self._config)
+        app = create_app(self._bundle_path, self._config)
+        # Everything loaded so far lives as long as the process: keep the garbage collector
+        # off it, so forked workers neither spend collections on it nor dirty the pages
+        # they share with the master (copy-on-write) by touching its GC headers.
+        gc.collect()
+        gc.freeze()
+        return app
 
 
 def gunicorn_options(
@@ -92,12 +109,20 @@ def gunicorn_options(
     timeout: int,
     access_log: bool,
     preload: bool = True,
+    worker_class: str = "keepalive",
 ) -> dict[str, Any]:
+    if worker_class not in WORKER_CLASSES:
+        raise ValueError(
+            f"LINKEDGE_WORKER_CLASS must be one of {', '.join(WORKER_CLASSES)}, "
+            f"got {worker_class!r}"
+        )
     return {
         "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
         "workers": workers,
-        "worker_class": "sync",
+        "worker_class": WORKER_CLASSES[worker_class],
         "threads": 1,
+        "keepalive": KEEPALIVE_SECONDS,
+        "http_parser": "auto",  # gunicorn_h1c (C) if installed; the image has the Python one
         "timeout": timeout,
         "graceful_timeout": timeout,
         "preload_app": preload,
@@ -117,6 +142,7 @@ def run(
     timeout: int = 30,
     config: ServingConfig | None = None,
     access_log: bool | None = None,
+    worker_class: str = "keepalive",
 ) -> None:
     """Serve the bundle with gunicorn until SIGTERM/SIGINT (blocks).
 
@@ -133,21 +159,23 @@ def run(
     if access_log is None:
         access_log = os.environ.get("LINKEDGE_ACCESS_LOG", "0") == "1"
     config = config or ServingConfig()
+    preload = config.xgboost_nthread == 1  # see the module docstring: libgomp and fork()
+    # Every setting is checked before anything changes the process (environment, metrics).
+    options = gunicorn_options(host, port, workers, timeout, access_log, preload, worker_class)
     bundle_path = Path(bundle_path)
     load_bundle(bundle_path)  # fail fast, before gunicorn starts, on a missing/tampered bundle
-    preload = config.xgboost_nthread == 1  # see the module docstring: libgomp and fork()
     # libgomp spin-waits by default, which starves other workers on a loaded CPU; read
     # when libgomp loads, so set it before anything loads libxgboost.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     prepare_multiprocess_dir()
-    options = gunicorn_options(host, port, workers, timeout, access_log, preload)
     _LinkEdgeApplication(bundle_path, config, options).run()
 
 
 def run_from_env(environ: Mapping[str, str] | None = None) -> None:
     """The container entrypoint: LINKEDGE_BUNDLE, LINKEDGE_HOST, LINKEDGE_PORT,
-    LINKEDGE_WORKERS, LINKEDGE_REQUEST_TIMEOUT, LINKEDGE_ACCESS_LOG and ServingConfig's
-    variables. A bad setting or bundle exits with status 2 and a one-line message."""
+    LINKEDGE_WORKERS, LINKEDGE_WORKER_CLASS, LINKEDGE_REQUEST_TIMEOUT, LINKEDGE_ACCESS_LOG
+    and ServingConfig's variables. A bad setting or bundle exits with status 2 and a
+    one-line message."""
     env = os.environ if environ is None else environ
     try:
         port = positive_int_env(env, "LINKEDGE_PORT", DEFAULT_PORT)
@@ -162,6 +190,7 @@ def run_from_env(environ: Mapping[str, str] | None = None) -> None:
             timeout=positive_int_env(env, "LINKEDGE_REQUEST_TIMEOUT", 30),
             config=ServingConfig.from_env(env),
             access_log=env.get("LINKEDGE_ACCESS_LOG", "0") == "1",
+            worker_class=(env.get("LINKEDGE_WORKER_CLASS") or "keepalive").strip(),
         )
     except (BundleError, ValueError) as exc:  # BundleError is a ValueError; named for clarity
         print(f"linkedge-serve: error: {exc}", file=sys.stderr)

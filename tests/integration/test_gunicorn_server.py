@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -192,6 +193,66 @@ def test_two_workers_serve_and_aggregate_metrics(server: Server, tiny_bundle: Mo
             os.kill(pid, 0)
 
 
+def test_tritonclient_binary_infer(server: Server, tiny_bundle: ModelBundle) -> None:
+    httpclient = pytest.importorskip("tritonclient.http")
+    rows = np.array([v["inputs"] for v in tiny_bundle.smoke_vectors], dtype=np.float32)
+    expected = np.array([v["probability"] for v in tiny_bundle.smoke_vectors], dtype=np.float32)
+    labels = [v["label"].encode() for v in tiny_bundle.smoke_vectors]
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}", concurrency=2)
+    try:
+        assert client.is_server_ready() and client.is_model_ready("aps-classifier")
+        tensor = httpclient.InferInput("input-0", list(rows.shape), "FP32")
+        tensor.set_data_from_numpy(rows)  # binary, the client's default
+        for index in range(6):  # several requests over the client's kept-alive connections
+            result = client.infer("aps-classifier", [tensor], request_id=f"r{index}")
+            np.testing.assert_array_equal(result.as_numpy("probability"), expected)
+            assert result.as_numpy("label").tolist() == labels
+            assert result.get_response()["id"] == f"r{index}"
+        versioned = client.infer("aps-classifier", [tensor], model_version=tiny_bundle.version)
+        np.testing.assert_array_equal(versioned.as_numpy("probability"), expected)
+    finally:
+        client.close()
+
+
+def _read_response(sock: socket.socket, buffer: bytearray) -> tuple[bytes, dict[str, str], bytes]:
+    """One HTTP/1.1 response with a Content-Length, from ``sock`` (leftovers stay in buffer)."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed before a response"
+        buffer += chunk
+    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    length = int(headers["content-length"])
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed in a body"
+        rest += chunk
+    buffer[:] = rest[length:]
+    return status.encode(), headers, rest[:length]
+
+
+def test_keep_alive_and_pipelined_requests(server: Server, tiny_bundle: ModelBundle) -> None:
+    vector = tiny_bundle.smoke_vectors[3]
+    body = json.dumps(dict(zip(tiny_bundle.feature_names, vector["inputs"], strict=True)))
+    request = (
+        "POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        buffer = bytearray()
+        sock.sendall(request * 5)  # pipelined: all five before reading any answer
+        for _ in range(5):
+            status, headers, payload = _read_response(sock, buffer)
+            assert status.startswith(b"HTTP/1.1 200"), payload
+            assert headers["connection"] == "keep-alive"
+            (prediction,) = json.loads(payload)["predictions"]
+            assert prediction["label"] == vector["label"]
+        sock.sendall(request)  # the same connection still serves
+        status, _, payload = _read_response(sock, buffer)
+        assert status.startswith(b"HTTP/1.1 200") and not buffer
+
+
 @pytest.fixture
 def tampered_bundle(tiny_bundle: ModelBundle, tmp_path: Path) -> Path:
     bundle = tmp_path / "tampered"
@@ -223,6 +284,7 @@ def test_a_tampered_bundle_stops_the_server_at_startup(tampered_bundle: Path, tm
         ("LINKEDGE_REQUEST_TIMEOUT", "-5"),
         ("LINKEDGE_MAX_ROWS", "many"),
         ("LINKEDGE_XGBOOST_NTHREAD", "1.5"),
+        ("LINKEDGE_WORKER_CLASS", "eventlet"),
     ],
 )
 def test_run_from_env_rejects_bad_settings(
@@ -238,11 +300,14 @@ def test_run_from_env_rejects_bad_settings(
         raise AssertionError("gunicorn was started despite a bad setting")
 
     monkeypatch.setattr(server, "_LinkEdgeApplication", must_not_start)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     run_from_env = server.run_from_env
     with pytest.raises(SystemExit) as info:
         run_from_env({"LINKEDGE_BUNDLE": str(tiny_bundle.path), variable: value})
     assert info.value.code == 2
     assert variable in capsys.readouterr().err
+    # A refused setting changes nothing in the process (metrics mode stays as it was).
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 
 
 def test_run_from_env_names_a_missing_bundle(tmp_path: Path, capsys, monkeypatch) -> None:
