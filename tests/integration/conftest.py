@@ -45,7 +45,8 @@ def docker_client():
 def built_image(docker_client, real_bundle):
     from inference_image.image.build import build_image
 
-    tag = f"linkedge/aps-classifier:test-{real_bundle.version}"
+    # Unique per session: a concurrent session on the same engine removes its own tag.
+    tag = f"linkedge/aps-classifier:test-{real_bundle.version}-{os.getpid()}"
     built = build_image(real_bundle.path, tag, WHEELHOUSE, client=docker_client)
     yield built
     docker_client.images.remove(built.tag, force=True)
