@@ -9,7 +9,7 @@ DEMO_IMAGE  ?= linkedge/aps-classifier:demo
 export LINKEDGE_WHEELHOUSE := $(abspath $(WHEELHOUSE))
 
 .PHONY: help setup docker base-image wheelhouse test-tools release lint sanity truck-image \
-        molecule-releases molecule molecule-fleet test test-unit test-integration demo demo-image clean
+        molecule-releases molecule molecule-fleet bench test test-unit test-integration demo demo-image clean
 
 help:
 	@echo "make demo   build a release, provision 2 simulated trucks with site.yml, query them"
@@ -39,8 +39,8 @@ release: setup docker base-image wheelhouse
 	$(BIN)/ansible-playbook playbooks/build.yml
 
 lint: setup
-	$(BIN)/ruff check inference_image tests plugins molecule
-	$(BIN)/ruff format --check inference_image tests plugins molecule
+	$(BIN)/ruff check inference_image tests plugins molecule bench
+	$(BIN)/ruff format --check inference_image tests plugins molecule bench
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/ansible-lint
 
 # ansible-test sanity for plugins/ (in a copy under build/ansible_collections/linkedge/edge).
@@ -71,6 +71,10 @@ test: lint sanity setup docker base-image wheelhouse test-tools release
 	$(BIN)/pytest -q tests
 	$(MAKE) molecule
 	$(MAKE) molecule-fleet
+
+# LinkEdge vs MLServer side by side under wrk (about 7 min): bench/results/latest.{json,md,png}.
+bench: setup docker base-image wheelhouse
+	$(BIN)/python -m bench --build
 
 demo: setup docker base-image wheelhouse truck-image
 	BIN=$(BIN) bash scripts/demo-fleet.sh

@@ -1,0 +1,131 @@
+"""``python -m bench``: LinkEdge's real image against MLServer, side by side, in one run.
+
+Exit status: 0 when every answer was right, 1 when a server answered wrongly (or with
+errors under load), 2 when the bench could not run (no image, no Docker, no wrk...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from .report import markdown
+from .run import Bench, Settings
+from .servers import ServerError
+from .tools import REPO, BenchSetupError, bench_python, ensure_bench_venv, ensure_wrk, log
+
+DEFAULT_OUT = REPO / "bench" / "results"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--image", default="linkedge/aps-classifier:perf", help="image to run")
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        default=REPO / "build" / "perf" / "bundle",
+        help="the bundle the image was built from: bodies, expected answers, MLServer's model",
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="latest.json/.png/.md")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds, to test the bench")
+    parser.add_argument("--seconds", type=float, help="per case and server (default 12, smoke 1)")
+    parser.add_argument(
+        "--rounds", type=int, help="interleaved rounds per case; median kept (default 3)"
+    )
+    parser.add_argument("--warmup", type=float, help="per case (default 2, smoke 0)")
+    parser.add_argument("--cold-starts", type=int, help="fresh containers timed (default 5)")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        help="before each case, wait up to this many seconds for other work on the machine "
+        "to fall under 0.3 cores (default 90, smoke 0)",
+    )
+    parser.add_argument(
+        "--no-mlserver", action="store_true", help="LinkEdge only (default in --smoke)"
+    )
+    parser.add_argument("--mlserver", action="store_true", help="with MLServer even in --smoke")
+    parser.add_argument("--no-plot", action="store_true", help="skip the matplotlib plot")
+    parser.add_argument(
+        "--build",
+        action="store_true",
+        help="train the bundle if it is missing and build the image from this checkout first",
+    )
+    return parser.parse_args(argv)
+
+
+def build(image: str, bundle: Path) -> None:
+    """The bundle (trained once, 12 s) and the image from the current source (cached layers)."""
+    cli = [sys.executable, "-m", "inference_image"]
+    if not (bundle / "SHA256SUMS").exists():
+        log(f"training {bundle}")
+        subprocess.run([*cli, "train", "--out", str(bundle)], check=True, stdout=subprocess.DEVNULL)
+    log(f"building {image} from {bundle}")
+    subprocess.run(
+        [*cli, "build", "--bundle", str(bundle), "--tag", image],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    smoke = args.smoke
+    with_mlserver = (args.mlserver or not smoke) and not args.no_mlserver
+    try:
+        if args.build:
+            build(args.image, args.bundle)
+        wrk = ensure_wrk()
+        venv = ensure_bench_venv() if (with_mlserver or not args.no_plot) else None
+        settings = Settings(
+            image=args.image,
+            bundle=args.bundle,
+            mode="smoke" if smoke else "full",
+            seconds=args.seconds or (1.0 if smoke else 12.0),
+            rounds=args.rounds or (1 if smoke else 3),
+            warmup_seconds=args.warmup if args.warmup is not None else (0.0 if smoke else 2.0),
+            cold_starts=args.cold_starts or (1 if smoke else 5),
+            quiet_wait=args.quiet_wait if args.quiet_wait is not None else (0.0 if smoke else 90.0),
+            mlserver_venv=venv if with_mlserver else None,
+        )
+        report = Bench(settings, wrk).run()
+    except (
+        BenchSetupError,
+        ServerError,
+        ValueError,
+        OSError,
+        subprocess.CalledProcessError,
+    ) as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = args.out / "latest.json"
+    results.write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(report)
+    (args.out / "latest.md").write_text(table)
+    if not args.no_plot and venv is not None:
+        plot = subprocess.run(
+            [
+                str(bench_python(venv)),
+                str(Path(__file__).with_name("plot.py")),
+                str(results),
+                str(args.out / "latest.png"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if plot.returncode != 0:
+            log(f"plot failed: {plot.stderr[-500:]}")
+    print(table)
+    log(f"wrote {results}")
+    if not report["ok"]:
+        for failure in report["verification"]["failures"]:
+            print(f"bench: FAILED: {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
