@@ -1,0 +1,78 @@
+"""The load benchmark's harness in its few-second smoke mode against the real image.
+
+Asserts the shape of what it records and that it refuses wrong answers; never a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.docker
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_bench(image: str, bundle: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--smoke",
+            "--no-plot",
+            "--image",
+            image,
+            "--bundle",
+            str(bundle),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_smoke_run_records_every_figure(built_image, real_bundle, tmp_path: Path) -> None:
+    result = run_bench(built_image.tag, real_bundle.path, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "latest.json").read_text())
+    assert report["ok"] is True and report["mode"] == "smoke"
+    assert report["verification"]["failures"] == []
+    assert report["verification"]["checks"] >= 5
+    assert set(report["load_average"]) >= {"start", "end", "min_1m_during", "max_1m_during"}
+    assert report["machine"]["cpus"] >= 1 and report["git"]["commit"]
+    server = report["servers"]["linkedge"]
+    assert server["image_size_mb"] == round(built_image.size_bytes / 1e6, 1)
+    assert 0 < server["cold_start_s"] < 60 and server["cold_start_runs_s"]
+    memory = server["memory_after_load"]
+    assert len(memory["processes"]) == 3  # gunicorn master + 2 workers
+    assert 0 < memory["pss_mib"] <= memory["rss_sum_mib"]
+    assert {case["key"] for case in report["cases"]} >= {"single-predict", "batch-100-binary"}
+    for case in report["cases"]:
+        figures = case["results"]["linkedge"]
+        assert figures["requests"] > 0 and figures["non_2xx"] == 0
+        expected_rows = figures["requests_per_s"] * case["rows"]
+        assert figures["rows_per_s"] == pytest.approx(expected_rows, rel=1e-3)
+        latency = figures["latency_ms"]
+        assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+        assert figures["server_cpu_us_per_request"] > 0
+    table = (tmp_path / "latest.md").read_text()
+    assert table.startswith("| case |") and "all answers correct" in table
+    assert table in result.stdout
+
+
+def test_wrong_answers_fail_the_run(built_image, tiny_bundle, tmp_path: Path) -> None:
+    """The image serves the real model; expecting the tiny model's answers must fail."""
+    result = run_bench(built_image.tag, tiny_bundle.path, tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    report = json.loads((tmp_path / "latest.json").read_text())
+    assert report["ok"] is False
+    failures = report["verification"]["failures"]
+    assert any("smoke vectors before load" in f and "expected probability" in f for f in failures)
+    assert "bench: FAILED" in result.stderr
