@@ -110,14 +110,24 @@ def gunicorn_options(
     access_log: bool,
     preload: bool = True,
     worker_class: str = "keepalive",
+    reuse_port: bool = False,
+    check_port: int | None = None,
 ) -> dict[str, Any]:
     if worker_class not in WORKER_CLASSES:
         raise ValueError(
             f"LINKEDGE_WORKER_CLASS must be one of {', '.join(WORKER_CLASSES)}, "
             f"got {worker_class!r}"
         )
+    bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if check_port is not None:
+        if check_port == port:
+            raise ValueError(f"LINKEDGE_CHECK_PORT must differ from LINKEDGE_PORT ({port})")
+        bind.append(f"127.0.0.1:{check_port}")
     return {
-        "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
+        "bind": bind,
+        # SO_REUSEPORT: a new container binds the service port while the old one still serves
+        # it (a zero-downtime handover); the check port is this server's alone.
+        "reuse_port": reuse_port,
         "workers": workers,
         "worker_class": WORKER_CLASSES[worker_class],
         "threads": 1,
@@ -143,6 +153,8 @@ def run(
     config: ServingConfig | None = None,
     access_log: bool | None = None,
     worker_class: str = "keepalive",
+    reuse_port: bool = False,
+    check_port: int | None = None,
 ) -> None:
     """Serve the bundle with gunicorn until SIGTERM/SIGINT (blocks).
 
@@ -161,7 +173,9 @@ def run(
     config = config or ServingConfig()
     preload = config.xgboost_nthread == 1  # see the module docstring: libgomp and fork()
     # Every setting is checked before anything changes the process (environment, metrics).
-    options = gunicorn_options(host, port, workers, timeout, access_log, preload, worker_class)
+    options = gunicorn_options(
+        host, port, workers, timeout, access_log, preload, worker_class, reuse_port, check_port
+    )
     bundle_path = Path(bundle_path)
     load_bundle(bundle_path)  # fail fast, before gunicorn starts, on a missing/tampered bundle
     # libgomp spin-waits by default, which starves other workers on a loaded CPU; read
@@ -173,15 +187,22 @@ def run(
 
 def run_from_env(environ: Mapping[str, str] | None = None) -> None:
     """The container entrypoint: LINKEDGE_BUNDLE, LINKEDGE_HOST, LINKEDGE_PORT,
-    LINKEDGE_WORKERS, LINKEDGE_WORKER_CLASS, LINKEDGE_REQUEST_TIMEOUT, LINKEDGE_ACCESS_LOG
-    and ServingConfig's variables. A bad setting or bundle exits with status 2 and a
-    one-line message."""
+    LINKEDGE_REUSE_PORT, LINKEDGE_CHECK_PORT, LINKEDGE_WORKERS, LINKEDGE_WORKER_CLASS,
+    LINKEDGE_REQUEST_TIMEOUT, LINKEDGE_ACCESS_LOG and ServingConfig's variables. A bad setting
+    or bundle exits with status 2 and a one-line message."""
     env = os.environ if environ is None else environ
     try:
         port = positive_int_env(env, "LINKEDGE_PORT", DEFAULT_PORT)
         if port > 65535:
             raise ValueError(f"LINKEDGE_PORT must be a TCP port (1-65535), got {port}")
         workers_raw = env.get("LINKEDGE_WORKERS", "").strip()
+        check_raw = env.get("LINKEDGE_CHECK_PORT", "").strip()
+        check_port = positive_int_env(env, "LINKEDGE_CHECK_PORT", 1) if check_raw else None
+        if check_port is not None and check_port > 65535:
+            raise ValueError(f"LINKEDGE_CHECK_PORT must be a TCP port (1-65535), got {check_port}")
+        reuse_raw = env.get("LINKEDGE_REUSE_PORT", "0").strip()
+        if reuse_raw not in ("0", "1"):
+            raise ValueError(f"LINKEDGE_REUSE_PORT must be 0 or 1, got {reuse_raw!r}")
         run(
             Path(env.get("LINKEDGE_BUNDLE") or DEFAULT_BUNDLE),
             host=env.get("LINKEDGE_HOST") or DEFAULT_HOST,
@@ -191,6 +212,8 @@ def run_from_env(environ: Mapping[str, str] | None = None) -> None:
             config=ServingConfig.from_env(env),
             access_log=env.get("LINKEDGE_ACCESS_LOG", "0") == "1",
             worker_class=(env.get("LINKEDGE_WORKER_CLASS") or "keepalive").strip(),
+            reuse_port=reuse_raw == "1",
+            check_port=check_port,
         )
     except (BundleError, ValueError) as exc:  # BundleError is a ValueError; named for clarity
         print(f"linkedge-serve: error: {exc}", file=sys.stderr)

@@ -20,6 +20,7 @@ ROLE_PREVIOUS = "previous"  # a demoted container is recognised by its name, see
 
 # What the serving image provides.
 CONTAINER_PORT = 8080
+API_TOKEN_MOUNT = "/run/secrets/linkedge-api-token"
 MODEL_NAME = "aps-classifier"
 BUNDLE_DIR = "/opt/linkedge/model"
 SMOKE_VECTORS_FILE = "smoke_vectors.json"

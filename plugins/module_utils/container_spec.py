@@ -4,6 +4,11 @@
 
 The fingerprint (label io.linkedge.config.sha256) is how inference_container decides that a
 running container already is what was asked for, like docker compose's config-hash label.
+
+Serving containers use the host's network: the server binds the service port itself with
+SO_REUSEPORT (LINKEDGE_REUSE_PORT=1), so a new container can bind it while the old one still
+serves, and it answers on a check port of its own on 127.0.0.1 (LINKEDGE_CHECK_PORT) so the
+module can check exactly the new container. No port is published through Docker.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
 
 from ansible_collections.linkedge.edge.plugins.module_utils.constants import (
-    CONTAINER_PORT,
+    API_TOKEN_MOUNT,
     IMAGE_LABELS,
     LABEL_CONFIG_SHA256,
     LABEL_ROLE,
@@ -22,7 +28,12 @@ from ansible_collections.linkedge.edge.plugins.module_utils.constants import (
     ROLE_SERVING,
 )
 
-PORT_KEY = f"{CONTAINER_PORT}/tcp"
+ENV_HOST = "LINKEDGE_HOST"
+ENV_PORT = "LINKEDGE_PORT"
+ENV_CHECK_PORT = "LINKEDGE_CHECK_PORT"
+ENV_REUSE_PORT = "LINKEDGE_REUSE_PORT"
+ENV_TOKEN_FILE = "LINKEDGE_API_TOKEN_FILE"
+MANAGED_ENV = (ENV_HOST, ENV_PORT, ENV_CHECK_PORT, ENV_REUSE_PORT, ENV_TOKEN_FILE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _ROOT_USERS = ("", "0", "root")
 
@@ -63,13 +74,33 @@ def desired_spec(params: dict, image) -> dict:
         "user": image_user(image),
         "bind_address": params["bind_address"],
         "published_port": params["published_port"],
-        "env": {str(key): str(value) for key, value in (params["env"] or {}).items()},
+        "env": user_env(params["env"]),
+        "api_token_file": params.get("api_token_file") or None,
         "memory": memory,
         "nano_cpus": round(params["cpus"] * 1e9),
         "pids_limit": params["pids_limit"],
         "restart_policy": params["restart_policy"],
         "tmpfs_bytes": tmpfs,
     }
+
+
+def user_env(env: dict | None) -> dict[str, str]:
+    """The caller's environment variables; the ones the module sets itself are refused."""
+    env = {str(key): str(value) for key, value in (env or {}).items()}
+    managed = sorted(set(env) & set(MANAGED_ENV))
+    if managed:
+        raise SpecError(
+            f"env must not set {', '.join(managed)}: the module sets them from bind_address, "
+            "published_port and api_token_file"
+        )
+    return env
+
+
+def free_local_port() -> int:
+    """A TCP port nothing listens on right now, on 127.0.0.1 (the kernel's choice)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def config_hash(spec: dict) -> str:
@@ -84,7 +115,11 @@ def model_labels(image) -> dict[str, str]:
 def create_kwargs(
     spec: dict, image, image_ref: str, name: str, service: str, candidate: bool = False
 ) -> dict:
-    """Keyword arguments for client.containers.create (Docker SDK >= 5.0)."""
+    """Keyword arguments for client.containers.create (Docker SDK >= 5.0).
+
+    A candidate listens on 127.0.0.1 on a free port and nowhere else; a serving container on
+    bind_address:published_port (shared with its predecessor during a switch) and on its own
+    check port on 127.0.0.1."""
     labels = model_labels(image)
     labels.update(
         {
@@ -93,14 +128,30 @@ def create_kwargs(
             LABEL_CONFIG_SHA256: config_hash(spec),
         }
     )
-    binding = ("127.0.0.1", None) if candidate else (spec["bind_address"], spec["published_port"])
+    env = dict(spec["env"])
+    if candidate:
+        env.update({ENV_HOST: "127.0.0.1", ENV_PORT: str(free_local_port())})
+    else:
+        env.update(
+            {
+                ENV_HOST: spec["bind_address"],
+                ENV_PORT: str(spec["published_port"]),
+                ENV_REUSE_PORT: "1",
+                ENV_CHECK_PORT: str(free_local_port()),
+            }
+        )
+    mounts = {}
+    if spec.get("api_token_file"):
+        env[ENV_TOKEN_FILE] = API_TOKEN_MOUNT
+        mounts[spec["api_token_file"]] = {"bind": API_TOKEN_MOUNT, "mode": "ro"}
     return {
         "image": image_ref,
         "name": name,
         "user": spec["user"],
-        "environment": spec["env"],
+        "environment": env,
         "labels": labels,
-        "ports": {PORT_KEY: binding},
+        "network_mode": "host",
+        "volumes": mounts,
         "read_only": True,
         "tmpfs": {"/tmp": f"rw,noexec,nosuid,nodev,size={spec['tmpfs_bytes']}"},
         "cap_drop": ["ALL"],
@@ -123,14 +174,20 @@ def is_current(container, spec: dict) -> bool:
     )
 
 
-def published_binding(container) -> tuple:
-    """(host address, host port) the container's port 8080 is published on, or (None, None)."""
-    ports = (container.attrs.get("NetworkSettings") or {}).get("Ports") or {}
-    for binding in ports.get(PORT_KEY) or []:
-        if binding.get("HostPort"):
-            return binding.get("HostIp") or "127.0.0.1", int(binding["HostPort"])
-    configured = (container.attrs.get("HostConfig") or {}).get("PortBindings") or {}
-    for binding in configured.get(PORT_KEY) or []:
-        if binding.get("HostPort"):
-            return binding.get("HostIp") or "127.0.0.1", int(binding["HostPort"])
-    return None, None
+def container_env(container) -> dict[str, str]:
+    pairs = (container.attrs.get("Config") or {}).get("Env") or []
+    return dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+
+
+def service_address(container) -> tuple:
+    """(address, port) the container serves the API on (shared during a switch)."""
+    env = container_env(container)
+    port = env.get(ENV_PORT)
+    return env.get(ENV_HOST) or "127.0.0.1", int(port) if port else None
+
+
+def check_address(container) -> tuple:
+    """(address, port) only this container answers on: its check port, or for a candidate
+    (which has none) its service address."""
+    port = container_env(container).get(ENV_CHECK_PORT)
+    return ("127.0.0.1", int(port)) if port else service_address(container)

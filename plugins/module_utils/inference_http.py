@@ -49,10 +49,16 @@ def _decode(body: bytes) -> object:
         return body.decode("utf-8", "replace")
 
 
-def http_json(url: str, payload=None, timeout: float = 5.0) -> tuple:
-    """(status, decoded body) for GET, or POST when `payload` is given. No proxy, no netrc."""
+def auth_headers(token: str | None) -> dict:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def http_json(url: str, payload=None, timeout: float = 5.0, token: str | None = None) -> tuple:
+    """(status, decoded body) for GET, or POST when `payload` is given. No proxy, no netrc.
+    With `token`, sent as a bearer token."""
     data = None if payload is None else json.dumps(payload).encode()
     headers = {"Content-Type": "application/json"} if data is not None else {}
+    headers.update(auth_headers(token))
     try:
         response = open_url(
             url,
@@ -140,12 +146,14 @@ def _wrong(expected: dict, probability, label) -> bool:
         return True
 
 
-def _predict_mismatches(url: str, vectors: list, features: list, timeout: float) -> list:
+def _predict_mismatches(url: str, vectors: list, features: list, timeout: float, token) -> list:
     records = [
         {name: vector["inputs"][column] for column, name in enumerate(features)}
         for vector in vectors
     ]
-    status, body = http_json(url + PREDICT_PATH, {"instances": records}, timeout=timeout)
+    status, body = http_json(
+        url + PREDICT_PATH, {"instances": records}, timeout=timeout, token=token
+    )
     predictions = body.get("predictions") if isinstance(body, dict) else None
     if status != 200 or not isinstance(predictions, list) or len(predictions) != len(vectors):
         return [f"{PREDICT_PATH} answered {status}: {str(body)[:300]}"]
@@ -160,7 +168,7 @@ def _predict_mismatches(url: str, vectors: list, features: list, timeout: float)
     return mismatches
 
 
-def _infer_mismatches(url: str, vectors: list, features: list, timeout: float) -> list:
+def _infer_mismatches(url: str, vectors: list, features: list, timeout: float, token) -> list:
     request = {
         "inputs": [
             {
@@ -171,7 +179,7 @@ def _infer_mismatches(url: str, vectors: list, features: list, timeout: float) -
             }
         ]
     }
-    status, body = http_json(url + INFER_PATH, request, timeout=timeout)
+    status, body = http_json(url + INFER_PATH, request, timeout=timeout, token=token)
     try:
         outputs = {output["name"]: output["data"] for output in body["outputs"]}
         probabilities, labels = outputs["probability"], outputs["label"]
@@ -195,13 +203,15 @@ def _capped(mismatches: list, path: str, limit: int) -> list:
     return [*mismatches[:limit], f"{path}: ... and {len(mismatches) - limit} more"]
 
 
-def check_smoke_vectors(url: str, vectors: list, features: list, timeout: float = 10.0) -> list:
+def check_smoke_vectors(
+    url: str, vectors: list, features: list, timeout: float = 10.0, token: str | None = None
+) -> list:
     """Every smoke vector through /predict and V2 infer; the mismatches (at most
     MAX_MISMATCHES_PER_API listed per API, plus a count of the rest), empty when both APIs give
-    exactly the expected outputs."""
+    exactly the expected outputs. `token`: the API's bearer token, if it requires one."""
     try:
-        predict = _predict_mismatches(url, vectors, features, timeout)
-        infer = _infer_mismatches(url, vectors, features, timeout)
+        predict = _predict_mismatches(url, vectors, features, timeout, token)
+        infer = _infer_mismatches(url, vectors, features, timeout, token)
     except HttpFailure as exc:
         return [f"no answer while checking the smoke vectors: {exc}"]
     return _capped(predict, PREDICT_PATH, MAX_MISMATCHES_PER_API) + _capped(

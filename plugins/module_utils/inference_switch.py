@@ -1,18 +1,26 @@
 # Copyright (c) LinkEdge developers
 # SPDX-License-Identifier: Apache-2.0
-"""Make an image the serving inference container without ever leaving a broken one serving.
+"""Make an image the serving inference container without a failed request or a broken version.
 
-(1) When a container is serving, a candidate from the new image is started on 127.0.0.1 with an
-    ephemeral port and must become ready and reproduce its smoke vectors; the serving container
-    is not touched. (2) The serving container is renamed <name>-previous (replacing an older
-    one), the new <name> is created, the old one stopped and the new one started on the real
-    port, then checked the same way. A failure in (2) removes the new container and puts the
-    previous one back under <name>, running again.
+(1) When a container is serving, a candidate from the new image is started on 127.0.0.1 with a
+    free port and must become ready and reproduce its smoke vectors; the serving container is
+    not touched. (2) Handover: the serving container is renamed <name>-previous (replacing an
+    older one) and keeps serving; the new <name> starts beside it on the same port (host network,
+    SO_REUSEPORT) and is checked through its own check port. Only then is the old one retired:
+    restart policy "no", graceful stop (in-flight requests finish; with the kernel setting
+    net.ipv4.tcp_migrate_req=1 connections still queued on it move to the new server). A failure
+    in (2) removes the new container and renames the old one back; it never stopped serving.
+
+An interrupted switch (power cut, killed module) is repaired by the next run: a lone running
+<name>-previous is renamed back to <name>; a <name>-previous still running beside a current
+<name> is retired.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
+from pathlib import Path
 
 from ansible_collections.linkedge.edge.plugins.module_utils.constants import (
     LABEL_BUNDLE_SHA256,
@@ -21,11 +29,11 @@ from ansible_collections.linkedge.edge.plugins.module_utils.constants import (
     previous_name,
 )
 from ansible_collections.linkedge.edge.plugins.module_utils.container_spec import (
+    check_address,
     create_kwargs,
     desired_spec,
     is_current,
     model_labels,
-    published_binding,
 )
 from ansible_collections.linkedge.edge.plugins.module_utils.docker_client import (
     DockerException,
@@ -42,6 +50,25 @@ from ansible_collections.linkedge.edge.plugins.module_utils.inference_http impor
     served_model_version,
     wait_ready,
 )
+
+MIGRATE_REQ_SYSCTL = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+def handover_warning() -> str | None:
+    """Why a handover may reset a few connections on this host, or None."""
+    try:
+        value = MIGRATE_REQ_SYSCTL.read_text().strip()
+    except OSError:
+        return (
+            "this kernel has no net.ipv4.tcp_migrate_req (Linux >= 5.14): connections queued on "
+            "the old server when it stops are reset; clients should retry"
+        )
+    if value != "0":
+        return None
+    return (
+        "net.ipv4.tcp_migrate_req is 0: connections queued on the old server when it stops are "
+        "reset instead of moving to the new one; set it to 1 (the inference_service role does)"
+    )
 
 
 class SwitchFailed(Exception):
@@ -63,6 +90,8 @@ class InferenceSwitch:
         self.name = params["name"]
         self.started = time.monotonic()
         self.steps: list[str] = []
+        self.token: str | None = None
+        self.repaired = False  # an interrupted switch was undone
 
     def step(self, text: str) -> None:
         self.steps.append(f"{time.monotonic() - self.started:7.3f}s {text}")
@@ -83,8 +112,19 @@ class InferenceSwitch:
     def run(self, image, check_mode: bool) -> dict:
         """The module result; failing the task on a rollback is left to the module."""
         spec = desired_spec(self.params, image)
+        try:
+            self.token = read_token(self.params.get("api_token_file"))
+        except SwitchFailed:
+            if not check_mode:  # in check mode the role may not have written it yet
+                raise
+        # A new token needs a new container (the server reads it at start): part of the spec.
+        spec["api_token_sha256"] = (
+            hashlib.sha256(self.token.encode()).hexdigest() if self.token else None
+        )
         current = self.get(self.name)
         previous = self.get(previous_name(self.name))
+        if not check_mode:
+            current, previous = self._repair(current, previous)
         labels = model_labels(image)
         result = {
             "image_id": image.id,
@@ -98,12 +138,20 @@ class InferenceSwitch:
         }
         if current is not None and is_current(current, spec):
             self._describe_previous(result, previous)
+            finished = previous is not None and previous.status == "running"
+            if finished and not check_mode:
+                self._retire(previous)
             return dict(
                 result,
-                changed=False,
+                changed=finished or self.repaired,
                 outcome="unchanged",
                 container_id=current.id,
-                reason=f"{self.name} already runs {image.id} with these settings",
+                reason=f"{self.name} already runs {image.id} with these settings"
+                + (
+                    f"; retired {previous.name}, left running by an interrupted switch"
+                    if finished
+                    else ""
+                ),
             )
         self._describe_previous(result, current)
         if check_mode:
@@ -164,7 +212,7 @@ class InferenceSwitch:
             raise SwitchFailed(
                 f"{container.name} serves model {served}, its image says {expected_version}"
             )
-        mismatches = check_smoke_vectors(url, vectors[0], vectors[1])
+        mismatches = check_smoke_vectors(url, vectors[0], vectors[1], token=self.token)
         if mismatches:
             raise SwitchFailed(
                 f"{container.name} answers its smoke vectors wrongly: " + "; ".join(mismatches[:3])
@@ -184,7 +232,7 @@ class InferenceSwitch:
             container.start()
             started = time.monotonic()
             container.reload()
-            host, port = published_binding(container)
+            host, port = check_address(container)
             self.step(f"started candidate {name} on port {port}")
             ready_at = self._verify(
                 container, base_url(host, port), vectors, result["model_version"]
@@ -197,87 +245,114 @@ class InferenceSwitch:
             container.remove(force=True)
             self.step(f"removed candidate {name}")
 
+    # -- repair --------------------------------------------------------------------------------
+    def _repair(self, current, previous) -> tuple:
+        """Undo what an interrupted switch left: <name>-previous running while <name> is
+        missing or not running means the old version is the one serving; it gets its name
+        back (a never-started new container is removed)."""
+        if previous is None or previous.status != "running":
+            return current, previous
+        if current is not None and current.status == "running":
+            return current, previous  # both serve: retired once <name> is confirmed current
+        if current is not None:
+            current.remove(force=True)
+            self.step(f"removed {self.name}, left not running by an interrupted switch")
+        self.repaired = True
+        previous.rename(self.name)
+        previous.update(restart_policy={"Name": self.params["restart_policy"]})
+        previous.reload()
+        self.step(f"renamed {previous_name(self.name)} back to {self.name} (interrupted switch)")
+        return previous, None
+
+    def _retire(self, container) -> None:
+        """Never restarted again, then a graceful stop (gunicorn finishes in-flight requests)."""
+        container.update(restart_policy={"Name": "no"})
+        container.stop(timeout=self.params["stop_timeout"])
+        self.step(f"retired {container.name} (restart policy no, stopped)")
+
     # -- phase 2 -------------------------------------------------------------------------------
     def _switch(
         self, spec: dict, image, vectors, current, previous, serving: bool, result: dict
     ) -> dict:
-        old_policy = None
         if current is not None:
             if previous is not None:
                 previous.remove(force=True)
                 self.step(f"removed older {previous.name}")
             current.rename(previous_name(self.name))
-            old_policy = current.attrs["HostConfig"].get("RestartPolicy") or {"Name": "no"}
-            current.update(restart_policy={"Name": "no"})  # never restarted beside the new one
-            self.step(f"renamed {self.name} to {previous_name(self.name)}")
-        gap_started = new = None
+            self.step(f"renamed {self.name} to {previous_name(self.name)} (still serving)")
+        new = None
         try:
             new = self.client.containers.create(
                 **create_kwargs(spec, image, self.params["image"], self.name, self.name)
             )
-            if serving:
-                gap_started = time.monotonic()
-                current.stop(timeout=self.params["stop_timeout"])
-                self.step(f"stopped {previous_name(self.name)}")
             started = time.monotonic()
             new.start()
             new.reload()
             ready_at = self._verify(
-                new, base_url(*published_binding(new)), vectors, result["model_version"]
+                new, base_url(*check_address(new)), vectors, result["model_version"]
             )
         except (NotReady, SwitchFailed, DockerException) as exc:
             if new is not None:
                 new.remove(force=True)
                 self.step(f"removed the failed {self.name}")
-            gap = self._restore(current, serving, old_policy, gap_started)
-            after = "the previous container serves again" if serving else "nothing was serving"
+            self._restore(current, serving)
+            after = (
+                "the previous container never stopped serving"
+                if serving
+                else ("nothing was serving")
+            )
             return dict(
                 result,
                 changed=True,
                 outcome="rolled_back",
                 rolled_back=True,
                 container_id=current.id if current is not None else None,
-                serving_gap_seconds=gap,
+                serving_gap_seconds=0.0 if serving else None,
                 reason=f"{self.name} from the new image failed: {exc}; {after}",
             )
-        if current is not None and not self.params["keep_previous"]:
-            current.remove(force=True)
-            self.step(f"removed {previous_name(self.name)} (keep_previous=false)")
+        if current is not None:
+            overlap_started = time.monotonic()
+            self._retire(current)
+            if serving:
+                result["handover_seconds"] = _seconds(time.monotonic() - overlap_started)
+            if not self.params["keep_previous"]:
+                current.remove(force=True)
+                self.step(f"removed {previous_name(self.name)} (keep_previous=false)")
         return dict(
             result,
             changed=True,
             outcome="updated",
             container_id=new.id,
             cold_start_seconds=_seconds(ready_at - started),
-            serving_gap_seconds=_seconds(ready_at - gap_started) if serving else None,
+            serving_gap_seconds=0.0 if serving else None,
             reason=None,
         )
 
-    def _restore(
-        self, current, serving: bool, old_policy: dict | None, gap_started: float | None
-    ) -> float | None:
-        """Put the previous container back under the service name; the serving gap."""
+    def _restore(self, current, serving: bool) -> None:
+        """Give the previous container its name back; it kept serving (or was not running)."""
         if current is None:
-            return None
+            return
         try:
             current.rename(self.name)
-            current.update(restart_policy=old_policy)
             self.step(f"renamed {previous_name(self.name)} back to {self.name}")
-            current.reload()
-            if serving and current.status != "running":
-                current.start()
-                current.reload()
-            if serving:
-                wait_ready(
-                    base_url(*published_binding(current)),
-                    self.params["ready_timeout"],
-                    gone=lambda: self._exited(current),
-                )
-                self.step(f"{self.name} serves the previous version again")
-        except (NotReady, DockerException) as exc:
+        except DockerException as exc:
             raise RollbackFailed(
-                f"the new version failed and putting {current.name} back failed too: {exc}; "
-                f"recover by hand: docker rename {current.name} {self.name} && "
-                f"docker start {self.name}"
+                f"the new version failed and renaming {current.name} back failed too: {exc}; "
+                f"it still serves; fix the name by hand: docker rename {current.name} {self.name}"
             ) from exc
-        return _seconds(time.monotonic() - gap_started) if gap_started else None
+
+
+def read_token(path: str | None) -> str | None:
+    """The API's bearer token from the file the container gets, or None without one."""
+    if not path:
+        return None
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SwitchFailed(
+            f"cannot read api_token_file {path}: {exc.strerror}; write the token there first "
+            "(the inference_service role does, from inference_service_api_token)"
+        ) from exc
+    if not token:
+        raise SwitchFailed(f"api_token_file {path} is empty: the API would accept no token")
+    return token

@@ -14,13 +14,23 @@ description:
   - Runs a LinkEdge serving image as the container O(name), hardened, and switches versions
     so that a version that does not serve correctly never replaces the one that does.
   - "Switch, when a container is serving: (1) a candidate C(<name>-candidate) from the new image
-    starts on 127.0.0.1 with an ephemeral port, must become ready within O(ready_timeout) and
+    starts on 127.0.0.1 with a free port, must become ready within O(ready_timeout) and
     reproduce every smoke vector of its bundle through C(/predict) and V2 infer; it is removed
-    either way and the serving container is not touched. (2) The serving container is renamed
-    C(<name>-previous) (replacing an older one) and stopped, the new C(<name>) starts on the
-    real port and is checked the same way; on failure it is removed and the previous
-    container is renamed back and started again. The previous image is always kept."
+    either way and the serving container is not touched. (2) Handover, with no failed request:
+    the serving container is renamed C(<name>-previous) (replacing an older one) and keeps
+    serving; the new C(<name>) binds the same port beside it (SO_REUSEPORT) and is checked the
+    same way through a check port of its own on 127.0.0.1; only then is the old one retired
+    (restart policy C(no), graceful stop: in-flight requests finish). On failure the new
+    container is removed and the old one gets its name back; it never stopped serving."
+  - "Connections still queued on the old server when it stops move to the new one only with the
+    kernel setting C(net.ipv4.tcp_migrate_req=1) (Linux >= 5.14; the
+    C(linkedge.edge.inference_service) role sets it); the module warns when it is off."
   - Step (1) is skipped when nothing is serving (first deployment, or a stopped container).
+  - "An interrupted switch (power cut) is repaired on the next run: a running C(<name>-previous)
+    with no running C(<name>) gets its name back; one still running beside the current
+    C(<name>) is retired."
+  - "Serving containers use the host's network namespace (no Docker port publishing, no NAT):
+    the server listens on O(bind_address):O(published_port) itself."
   - Unchanged when O(name) runs the same image ID created with the same settings (a fingerprint
     of the settings is stored in the label C(io.linkedge.config.sha256)).
   - "Hardening is not optional: the image's non-root user (an image whose USER is root is
@@ -29,7 +39,7 @@ description:
   - Containers are labelled C(io.linkedge.service=<name>), C(io.linkedge.role=serving) (or
     C(candidate)) and with the image's model labels. Labels cannot change after creation, so a
     demoted container keeps C(io.linkedge.role=serving) and is recognised by its name
-    C(<name>-previous); its restart policy is set to C(no) while it is the previous one.
+    C(<name>-previous); its restart policy is set to C(no) once it is retired.
 options:
   name:
     description: Name of the serving container.
@@ -42,17 +52,28 @@ options:
     type: str
     required: true
   published_port:
-    description: Host port that container port 8080 is published on.
+    description: Host port the API listens on.
     type: int
     default: 8080
   bind_address:
     description:
-      - Host address the port is published on. The API has no authentication; keep it on
-        127.0.0.1 or an internal interface.
+      - Host address the API listens on. Without O(api_token_file) the API has no
+        authentication; keep it on 127.0.0.1 or an internal interface.
     type: str
     default: 127.0.0.1
+  api_token_file:
+    description:
+      - "Path on the host of a file holding the API's bearer token (readable by the image's
+        user, for example owner 10001 and mode 0400). It is mounted read-only at
+        C(/run/secrets/linkedge-api-token) and the prediction endpoints then require
+        C(Authorization: Bearer <token>); health, metadata and metrics stay open."
+      - The module reads it to authenticate its own smoke checks. Never baked into the image.
+    type: path
   env:
-    description: Environment variables for the container (C(LINKEDGE_WORKERS) and others).
+    description:
+      - Environment variables for the container (C(LINKEDGE_WORKERS) and others).
+      - C(LINKEDGE_HOST), C(LINKEDGE_PORT), C(LINKEDGE_CHECK_PORT), C(LINKEDGE_REUSE_PORT) and
+        C(LINKEDGE_API_TOKEN_FILE) are set by the module and refused here.
     type: dict
     default: {}
   memory:
@@ -85,7 +106,8 @@ options:
     type: int
     default: 60
   stop_timeout:
-    description: Seconds the old container gets to stop before it is killed.
+    description: Seconds the old container gets to finish its requests and stop before it is
+      killed.
     type: int
     default: 10
   smoke_check:
@@ -110,8 +132,10 @@ requirements:
   - Docker SDK for Python >= 5.0 on the target (C(python3-docker) on Debian and Ubuntu)
   - a running Docker engine
 notes:
-  - The module talks to the container over HTTP from the target itself, on 127.0.0.1 for the
-    candidate and on O(bind_address) (127.0.0.1 for C(0.0.0.0)) for the serving container.
+  - The module talks to the containers over HTTP from the target itself, on 127.0.0.1 (the
+    candidate's port, the new container's check port).
+  - Images built before LinkEdge 0.3 do not support the handover (they ignore
+    C(LINKEDGE_CHECK_PORT) and never answer on it); rebuild them.
 seealso:
   - module: linkedge.edge.image_load
   - module: linkedge.edge.inference_probe
@@ -192,11 +216,17 @@ container_id:
   type: str
 serving_gap_seconds:
   description:
-    - Seconds between stopping the old container and the new (or, after a rollback in step
-      (2), the restored) one answering ready; null when nothing was stopped.
+    - Seconds the port had no server during the switch; C(0.0) when a container was serving
+      (the old one serves until the new one passed its checks), null when none was.
   returned: always
   type: float
-  sample: 2.41
+  sample: 0.0
+handover_seconds:
+  description: Seconds the old container took to finish its requests and stop after the new
+    one took over.
+  returned: when a serving container was replaced
+  type: float
+  sample: 0.61
 cold_start_seconds:
   description: Seconds from starting the new serving container to it being ready.
   returned: always
@@ -235,6 +265,7 @@ from ansible_collections.linkedge.edge.plugins.module_utils.inference_switch imp
     InferenceSwitch,
     RollbackFailed,
     SwitchFailed,
+    handover_warning,
 )
 
 ARGUMENT_SPEC = dict(
@@ -242,6 +273,7 @@ ARGUMENT_SPEC = dict(
     image=dict(type="str", required=True),
     published_port=dict(type="int", default=8080),
     bind_address=dict(type="str", default="127.0.0.1"),
+    api_token_file=dict(type="path"),
     env=dict(type="dict", default={}),
     memory=dict(type="str", default="512m"),
     cpus=dict(type="float", default=2.0),
@@ -298,6 +330,9 @@ def main() -> None:
     except DockerException as exc:
         module.fail_json(msg=docker_error_message(f"looking up {params['image']}", exc))
 
+    warning = handover_warning()
+    if warning:
+        module.warn(warning)
     switch = InferenceSwitch(client, params)
     try:
         result = switch.run(image, module.check_mode)

@@ -35,6 +35,11 @@ options:
     description: Seconds per HTTP request.
     type: int
     default: 5
+  api_token_file:
+    description:
+      - Path on the target of a file holding the API's bearer token, sent with the smoke vector
+        requests (the health and metadata endpoints are open).
+    type: path
   fail_on_mismatch:
     description:
       - Fail when RV(mismatches) is not empty.
@@ -179,11 +184,19 @@ def main() -> None:
             smoke_vectors_from=dict(type="str"),
             timeout=dict(type="int", default=5),
             fail_on_mismatch=dict(type="bool", default=True),
+            api_token_file=dict(type="path"),
         ),
         supports_check_mode=True,
     )
     params = module.params
     url = params["url"].rstrip("/")
+    token = None
+    if params["api_token_file"]:
+        try:
+            with open(params["api_token_file"], encoding="utf-8") as handle:
+                token = handle.read().strip()
+        except OSError as exc:
+            module.fail_json(msg=f"cannot read api_token_file {params['api_token_file']}: {exc}")
     expected = (
         expected_from(module, params["smoke_vectors_from"])
         if params["smoke_vectors_from"]
@@ -221,7 +234,9 @@ def main() -> None:
         if version and model_version != version:
             mismatches.append(f"{url} serves model {model_version}, expected {version}")
         if ready:
-            mismatches.extend(check_smoke_vectors(url, vectors, features, params["timeout"] * 2))
+            mismatches.extend(
+                check_smoke_vectors(url, vectors, features, params["timeout"] * 2, token=token)
+            )
             result["smoke_vectors_checked"] = len(vectors)
     if mismatches and params["fail_on_mismatch"]:
         module.fail_json(msg=f"{url}: {'; '.join(mismatches[:5])}", **result)

@@ -56,19 +56,18 @@ def test_first_deploy_then_unchanged(docker_client, images, service):
     assert docker_client.containers.get(service).id != container.id
 
 
-def test_new_version_switches_and_keeps_the_previous_stopped(docker_client, images, service):
+def test_new_version_switches_without_a_failed_request(docker_client, images, service):
     port = free_port()
     assert deploy(service, images.v1, port)["outcome"] == "updated"
     old_id = docker_client.containers.get(service).id
 
-    # Watch the service from outside during the switch: how long is nothing answering?
+    # Watch the service from outside during the switch, a new connection per request.
     answers: list[tuple[float, str | None]] = []
     stop = threading.Event()
 
     def watch() -> None:
         while not stop.is_set():
             answers.append((time.monotonic(), served_version(port)))
-            time.sleep(0.02)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -81,8 +80,8 @@ def test_new_version_switches_and_keeps_the_previous_stopped(docker_client, imag
     assert switch["image_id"] == images.v2.id and switch["model_version"] == images.v2.version
     assert switch["previous_image_id"] == images.v1.id
     assert switch["previous_model_version"] == images.v1.version
-    assert 0 < switch["serving_gap_seconds"] < 15 and 0 < switch["cold_start_seconds"] < 15
-    assert switch["candidate_cold_start_seconds"] > 0
+    assert switch["serving_gap_seconds"] == 0.0 and 0 < switch["cold_start_seconds"] < 15
+    assert switch["candidate_cold_start_seconds"] > 0 and 0 < switch["handover_seconds"] < 15
     assert served_version(port) == images.v2.version
 
     serving = docker_client.containers.get(service)
@@ -93,16 +92,12 @@ def test_new_version_switches_and_keeps_the_previous_stopped(docker_client, imag
     assert previous.attrs["HostConfig"]["RestartPolicy"]["Name"] == "no"  # never comes back
     assert f"{service}-candidate" not in containers_of(docker_client, service)
 
-    # Only the two versions ever answered, and the observed outage fits the reported gap.
-    assert {v for _, v in answers} <= {images.v1.version, images.v2.version, None}
-    longest, down_since = 0.0, None
-    for moment, version in answers:
-        if version is None:
-            down_since = down_since or moment
-        elif down_since is not None:
-            longest, down_since = max(longest, moment - down_since), None
-    assert longest <= switch["serving_gap_seconds"] + 0.5, (longest, switch.result)
-    print(f"\nswitch: {switch.result['steps']}, observed outage {longest:.3f} s")
+    # Every request was answered, by one of the two versions, v1 then v2.
+    versions = [version for _, version in answers]
+    assert len(versions) > 50 and None not in versions, (versions.count(None), len(versions))
+    assert set(versions) == {images.v1.version, images.v2.version}
+    assert versions[0] == images.v1.version and versions[-1] == images.v2.version
+    print(f"\nswitch: {switch.result['steps']}, {len(versions)} requests, none failed")
 
     # A third version replaces the older previous; keep_previous=false removes it.
     third = deploy(service, images.v1, port, keep_previous=False)
@@ -157,8 +152,8 @@ def test_never_ready_version_is_rolled_back_within_ready_timeout(docker_client, 
     assert served_version(port) == images.v1.version
 
 
-def test_failure_after_the_old_one_stopped_restores_it(docker_client, images, service):
-    """The candidate is fine, but the real port cannot be bound: the old version comes back."""
+def test_failure_in_the_handover_leaves_the_old_one_serving(docker_client, images, service):
+    """The candidate is fine, but the real port cannot be bound: the old version never stops."""
     port, busy_port = free_port(), free_port()
     assert deploy(service, images.v1, port)["outcome"] == "updated"
     serving_id = docker_client.containers.get(service).id
@@ -167,8 +162,8 @@ def test_failure_after_the_old_one_stopped_restores_it(docker_client, images, se
         blocker.listen()
         run = deploy(service, images.v2, busy_port)
     assert run.failed and run["outcome"] == "rolled_back", run.result
-    assert "previous container serves again" in run["reason"]
-    assert run["changed"] and run["serving_gap_seconds"] > 0
+    assert "previous container never stopped serving" in run["reason"]
+    assert run["changed"] and run["serving_gap_seconds"] == 0.0
     container = docker_client.containers.get(service)
     assert container.id == serving_id and container.status == "running"
     assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
@@ -199,9 +194,12 @@ def test_container_is_hardened(docker_client, images, service):
     assert host["NanoCpus"] == 1_500_000_000 and host["PidsLimit"] == 128
     assert host["RestartPolicy"]["Name"] == "always"
     assert host["Tmpfs"]["/tmp"].startswith("rw,noexec,nosuid,nodev,size=")
-    assert host["PortBindings"]["8080/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
+    assert host["NetworkMode"] == "host" and not host.get("PortBindings")
     assert container.attrs["Config"]["User"].split(":")[0] == "10001"
-    assert "LINKEDGE_WORKERS=1" in container.attrs["Config"]["Env"]
+    env = dict(pair.split("=", 1) for pair in container.attrs["Config"]["Env"])
+    assert env["LINKEDGE_WORKERS"] == "1" and env["LINKEDGE_REUSE_PORT"] == "1"
+    assert (env["LINKEDGE_HOST"], env["LINKEDGE_PORT"]) == ("127.0.0.1", str(port))
+    assert served_version(int(env["LINKEDGE_CHECK_PORT"])) == images.v1.version
     labels = container.labels
     assert labels["io.linkedge.service"] == service and labels["io.linkedge.role"] == "serving"
     assert labels["io.linkedge.model.version"] == images.v1.version
@@ -242,3 +240,36 @@ def test_check_mode_touches_nothing(docker_client, images, service):
     assert after.attrs["State"]["StartedAt"] == before.attrs["State"]["StartedAt"]
     assert set(containers_of(docker_client, service)) == {service}
     assert served_version(port) == images.v1.version
+
+
+def test_an_interrupted_switch_is_completed_or_undone(docker_client, images, service):
+    """What a power cut leaves behind, made by hand, is repaired by the next run."""
+    port = free_port()
+    assert deploy(service, images.v1, port)["outcome"] == "updated"
+    assert deploy(service, images.v2, port)["outcome"] == "updated"
+    previous = docker_client.containers.get(f"{service}-previous")
+
+    # Cut between "new started" and "old retired": both serve the port.
+    previous.start()
+    again = deploy(service, images.v2, port)
+    assert again["outcome"] == "unchanged" and again["changed"], again.result
+    assert "interrupted switch" in again["reason"]
+    previous.reload()
+    assert previous.status == "exited"
+    assert previous.attrs["HostConfig"]["RestartPolicy"]["Name"] == "no"
+    assert served_version(port) == images.v2.version
+
+    # Cut after the old one was renamed, before the new one existed: the old one runs alone
+    # as <name>-previous. It gets its name back, then the switch happens normally.
+    docker_client.containers.get(service).remove(force=True)
+    previous.start()
+    resumed = deploy(service, images.v2, port)
+    assert resumed["outcome"] == "updated", resumed.result
+    assert any("back to" in step for step in resumed.result["steps"])
+    assert served_version(port) == images.v2.version
+    assert docker_client.containers.get(f"{service}-previous").attrs["Image"] == images.v1.id
+
+
+def test_env_may_not_set_what_the_module_manages(images, service):
+    run = deploy(service, images.v1, free_port(), env={"LINKEDGE_PORT": "9999"})
+    assert run.failed and "env must not set LINKEDGE_PORT" in run.result["msg"]

@@ -35,7 +35,9 @@ def test_container_is_hardened(host):
     assert hostconfig["NanoCpus"] == 2 * 10**9
     assert hostconfig["PidsLimit"] == 256
     assert hostconfig["RestartPolicy"]["Name"] == "unless-stopped"
-    assert hostconfig["PortBindings"] == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}
+    # The truck's network, no NAT: the server itself listens on 127.0.0.1:8080 (SO_REUSEPORT).
+    assert hostconfig["NetworkMode"] == "host" and not hostconfig["PortBindings"]
+    assert {"LINKEDGE_HOST=127.0.0.1", "LINKEDGE_PORT=8080"} <= set(config["Env"])
 
 
 def test_process_is_unprivileged_on_a_read_only_root(host):
