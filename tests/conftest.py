@@ -119,3 +119,25 @@ def broken_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_model: dict) ->
     out = tmp_path_factory.mktemp("bundles") / "broken"
     build_bundle(out, tiny_model["model_json"], tiny_model["smoke_rows"], probabilities)
     return load_bundle(out)
+
+
+MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+@pytest.fixture(scope="session")
+def migrate_queued_connections():
+    """net.ipv4.tcp_migrate_req=1 for the test session, as the inference_service role sets it on
+    trucks: connections queued on a stopping SO_REUSEPORT listener move to the other one.
+    Restored afterwards. Fails (does not skip) where it cannot be set: the handover tests need it.
+    """
+    try:
+        before = MIGRATE_REQ.read_text().strip()
+        if before != "1":
+            MIGRATE_REQ.write_text("1")
+    except OSError as exc:
+        pytest.fail(
+            f"cannot set net.ipv4.tcp_migrate_req=1 ({exc}): run the tests as root on Linux >= 5.14"
+        )
+    yield
+    if before != "1":
+        MIGRATE_REQ.write_text(before)

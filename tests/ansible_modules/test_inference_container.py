@@ -56,6 +56,7 @@ def test_first_deploy_then_unchanged(docker_client, images, service):
     assert docker_client.containers.get(service).id != container.id
 
 
+@pytest.mark.usefixtures("migrate_queued_connections")
 def test_new_version_switches_without_a_failed_request(docker_client, images, service):
     port = free_port()
     assert deploy(service, images.v1, port)["outcome"] == "updated"

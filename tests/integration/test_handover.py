@@ -100,6 +100,7 @@ class Prober(threading.Thread):
         self.join(timeout=10)
 
 
+@pytest.mark.usefixtures("migrate_queued_connections")
 def test_handover_on_one_port_loses_no_request(tiny_bundle: ModelBundle, tmp_path: Path) -> None:
     port, old_check, new_check = free_port(), free_port(), free_port()
     vector = tiny_bundle.smoke_vectors[0]
