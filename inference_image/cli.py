@@ -238,6 +238,27 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
         return 1
 
 
+def _post_with_token(url: str, payload: object, token_file: Path) -> tuple[int, object]:
+    """POST JSON with ``Authorization: Bearer`` and the token read from ``token_file``."""
+    import urllib.error
+    import urllib.request
+
+    from .serving.auth import read_token_file
+
+    try:
+        token = read_token_file(token_file).decode("ascii")
+    except ValueError as exc:  # unreadable, empty or malformed: a one-line error, exit 2
+        raise UsageError(str(exc).replace("LINKEDGE_API_TOKEN_FILE", "--token-file")) from None
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST")
+    request.add_header("Content-Type", "application/json")
+    request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     """POST rows of an APS CSV file to a running server's /predict and print the answers."""
     from .data import load_aps_csv
@@ -248,7 +269,11 @@ def cmd_send(args: argparse.Namespace) -> int:
     dataset = load_aps_csv(args.csv)
     rows = dataset.features[args.skip : args.skip + args.rows]
     instances = [dict(zip(APS_FEATURES, to_json_inputs(row), strict=True)) for row in rows]
-    status, body = http_json(f"{args.url.rstrip('/')}/predict", {"instances": instances})
+    url = f"{args.url.rstrip('/')}/predict"
+    if args.token_file is None:
+        status, body = http_json(url, {"instances": instances})
+    else:
+        status, body = _post_with_token(url, {"instances": instances}, args.token_file)
     if status != 200:
         print(f"server answered {status}: {body}", file=sys.stderr)
         return 1
@@ -362,6 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=10, help="rows to send")
     p.add_argument("--show", type=int, default=10, help="print this many rows and flagged ones")
     p.add_argument("--skip", type=int, default=0)
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding the API token, when the server requires one (LINKEDGE_API_TOKEN_FILE)",
+    )
     p.set_defaults(func=cmd_send)
     return parser
 

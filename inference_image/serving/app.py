@@ -66,7 +66,10 @@ def _http_error_message(exc: HTTPException, max_body_bytes: int) -> str:
 def _install_error_handlers(app: Flask, config: ServingConfig) -> None:
     @app.errorhandler(PayloadError)
     def payload_error(exc: PayloadError) -> Response:
-        return _error(exc.status, exc.message)
+        response = _error(exc.status, exc.message)
+        for name, value in exc.headers:
+            response.headers[name] = value
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
@@ -135,7 +138,14 @@ def create_app(bundle: ModelBundle | Path, config: ServingConfig | None = None) 
         }
     )
     openapi_body = orjson.dumps(
-        build_openapi(bundle.feature_names, name, version, server_version(), config.max_rows)
+        build_openapi(
+            bundle.feature_names,
+            name,
+            version,
+            server_version(),
+            config.max_rows,
+            requires_token=config.api_token is not None,
+        )
     )
 
     def check_model(model_name: str, model_version: str | None = None) -> None:

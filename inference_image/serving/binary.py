@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .validation import F32_OVERFLOW, PayloadError, describe
+from .validation import F32_OVERFLOW, PayloadError, byte_count, describe, shown_count
 
 HEADER = "Inference-Header-Content-Length"
 HEADER_ENVIRON = "HTTP_INFERENCE_HEADER_CONTENT_LENGTH"
@@ -38,13 +38,16 @@ def media_type(content_type: str) -> str:
 
 def split_body(body: bytes, raw_length: str) -> tuple[bytes, memoryview]:
     """The JSON header and the binary part of a request, or PayloadError naming the header."""
-    if not (raw_length.isascii() and raw_length.isdigit()):
+    length = byte_count(raw_length)
+    if length is None:
         raise PayloadError(
             f"{HEADER}: expected the byte length of the JSON part, got {raw_length[:20]!r}"
         )
-    length = int(raw_length)
     if length > len(body):
-        raise PayloadError(f"{HEADER}: {length} exceeds the body's {len(body)} bytes")
+        raise PayloadError(
+            f"{HEADER}: {shown_count(raw_length.lstrip('0') or '0')} exceeds the body's "
+            f"{len(body)} bytes"
+        )
     return body[:length], memoryview(body)[length:]
 
 

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .auth import TOKEN_FILE_ENV, read_token_file
 
 MiB = 1 << 20
+# gunicorn kills a worker whose heartbeat is older than its ``timeout``: the server sets
+# that to LINKEDGE_REQUEST_TIMEOUT plus this, so a request that takes too long to arrive
+# gets its 408 from the worker (which lives on) before gunicorn would kill it.
+STUCK_WORKER_GRACE_SECONDS = 5
 
 
 def positive_int_env(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -29,12 +36,16 @@ class ServingConfig:
     max_body_bytes: int = 8 * MiB
     max_rows: int = 10_000
     xgboost_nthread: int = 1
+    # Required on the endpoints that run the model when set; never shown in a repr.
+    api_token: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_rows", "xgboost_nthread"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ServingConfig.{name} must be a positive integer, got {value!r}")
+        if self.api_token is not None and not self.api_token:
+            raise ValueError("ServingConfig.api_token must not be empty (None: no token)")
         if not self.model_name or "/" in self.model_name:
             raise ValueError(
                 f"ServingConfig.model_name must be a path segment, got {self.model_name!r}"
@@ -42,10 +53,17 @@ class ServingConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingConfig:
-        """Defaults overridden by LINKEDGE_MAX_BODY_BYTES, LINKEDGE_MAX_ROWS and
-        LINKEDGE_XGBOOST_NTHREAD; a bad value raises ValueError naming the variable."""
+        """Defaults overridden by LINKEDGE_MAX_BODY_BYTES, LINKEDGE_MAX_ROWS,
+        LINKEDGE_XGBOOST_NTHREAD and LINKEDGE_API_TOKEN_FILE (the file holding the API
+        token); a bad value, or a token file that is unreadable or empty, raises ValueError
+        naming the variable."""
         env = os.environ if environ is None else environ
         defaults = cls()
+        token_file = env.get(TOKEN_FILE_ENV)
+        if token_file is not None and not token_file.strip():
+            raise ValueError(
+                f"{TOKEN_FILE_ENV} is set but empty; unset it to serve without a token"
+            )
         return cls(
             model_name=defaults.model_name,
             max_body_bytes=positive_int_env(
@@ -55,4 +73,5 @@ class ServingConfig:
             xgboost_nthread=positive_int_env(
                 env, "LINKEDGE_XGBOOST_NTHREAD", defaults.xgboost_nthread
             ),
+            api_token=None if token_file is None else read_token_file(Path(token_file.strip())),
         )

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import binary
+from .auth import BearerAuth
 from .config import ServingConfig
 from .metrics import ServingMetrics
 from .model import ServedModel
@@ -45,6 +46,12 @@ class PredictionEndpoints:
         self.records = RecordParser(features, config.max_rows)
         self.tensors = InferParser(features, config.max_rows)
         self.encoder = ResponseEncoder(config.model_name, model_version)
+        self.auth = None if config.api_token is None else BearerAuth(config.api_token)
+
+    def authorize(self, environ: Mapping[str, Any]) -> None:
+        """PayloadError 401 unless the API is open or the request has the bearer token."""
+        if self.auth is not None:
+            self.auth.check(environ)
 
     def require_ready(self) -> None:
         if not self.model.ready:
@@ -57,11 +64,13 @@ class PredictionEndpoints:
         return probabilities, positive
 
     def predict(self, environ: Mapping[str, Any]) -> tuple[bytes, Headers]:
+        self.authorize(environ)
         self.require_ready()
         rows = self.records.parse(read_json_body(environ, self.max_body_bytes))
         return self.encoder.predictions(*self._predict(rows)), JSON_HEADERS
 
     def infer(self, environ: Mapping[str, Any]) -> tuple[bytes, Headers]:
+        self.authorize(environ)
         self.require_ready()
         header_length = environ.get(binary.HEADER_ENVIRON)
         if header_length is None:

@@ -57,7 +57,9 @@ class HotRoutes:
             f"{model}/infer": (INFER_RULE, endpoints.infer),
             f"{model}/versions/{model_version}/infer": (VERSIONED_INFER_RULE, endpoints.infer),
         }
-        self._status_lines = {code: status_line(code) for code in (200, 400, 413, 415, 500, 503)}
+        self._status_lines = {
+            code: status_line(code) for code in (200, 400, 401, 408, 413, 415, 500, 503)
+        }
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -80,7 +82,8 @@ class HotRoutes:
         try:
             body, headers = handler(environ)
         except PayloadError as exc:
-            status, body, headers = exc.status, orjson.dumps({"error": exc.message}), JSON_HEADERS
+            status, body = exc.status, orjson.dumps({"error": exc.message})
+            headers = [*JSON_HEADERS, *exc.headers] if exc.headers else JSON_HEADERS
         except Exception as exc:
             log.exception("unexpected error on POST %s", environ.get("PATH_INFO", "")[:200])
             message = f"internal error ({type(exc).__name__}); see the server log"

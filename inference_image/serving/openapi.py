@@ -9,6 +9,7 @@ from . import binary
 from .payloads import F32_OVERFLOW, OUTPUT_NAMES, V2_DATATYPES
 
 _JSON = "application/json"
+_SCHEME = "bearerAuth"
 _BINARY_DESCRIPTION = (
     "Open Inference Protocol binary tensor data extension (as tritonclient.http sends it): "
     f"the first `{binary.HEADER}` bytes are an InferenceRequest in JSON whose input has "
@@ -30,7 +31,9 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     reasons = {
         400: "Malformed request; the message names the offending field",
+        401: "Missing or wrong bearer token (only when the server requires one)",
         404: "Unknown model, version or path",
+        408: "The request body did not arrive within the request time limit",
         413: "Body larger than the byte limit, or more rows than the row limit",
         415: "Content-Type is not application/json (nor application/octet-stream or none "
         f"with {binary.HEADER})",
@@ -76,6 +79,7 @@ def _schemas(feature_names: Sequence[str], max_rows: int) -> dict[str, Any]:
                     "type": "array",
                     "description": f"At most {max_rows} records (more: 413)",
                     "minItems": 1,
+                    "maxItems": max_rows,
                     "items": _ref("Record"),
                 }
             },
@@ -151,19 +155,20 @@ def _schemas(feature_names: Sequence[str], max_rows: int) -> dict[str, Any]:
                 "datatype": {"type": "string", "enum": list(V2_DATATYPES)},
                 "parameters": {"type": "object"},
                 "data": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "anyOf": [
-                            v2_value,
-                            {
+                    "description": "Flat values, or one array of values per row (not mixed)",
+                    "oneOf": [
+                        {"type": "array", "minItems": 1, "items": v2_value},
+                        {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {
                                 "type": "array",
                                 "minItems": width,
                                 "maxItems": width,
                                 "items": v2_value,
                             },
-                        ]
-                    },
+                        },
+                    ],
                 },
             },
         },
@@ -262,8 +267,10 @@ def build_openapi(
     model_version: str,
     server_version: str,
     max_rows: int,
+    requires_token: bool = False,
 ) -> dict[str, Any]:
-    """The OpenAPI document served at /openapi.json."""
+    """The OpenAPI document served at /openapi.json; with ``requires_token`` the endpoints
+    that run the model require the bearer token (health, metadata and metrics never do)."""
     width = len(feature_names)
     model = f"/v2/models/{model_name}"
     versioned = f"{model}/versions/{{version}}"
@@ -312,6 +319,11 @@ def build_openapi(
         "schema": {"type": "integer", "minimum": 0},
     }
 
+    security: dict[str, Any] = {"security": [{_SCHEME: []}]} if requires_token else {}
+
+    def guarded(*codes: int) -> list[int]:
+        return sorted({*codes, 401}) if requires_token else list(codes)
+
     def get(summary: str, schema: str, *errors: int, params: bool = False) -> dict[str, Any]:
         operation: dict[str, Any] = {
             "summary": summary,
@@ -340,7 +352,8 @@ def build_openapi(
             "summary": "Open Inference Protocol V2 inference",
             "parameters": [header_param],
             "requestBody": infer_body,
-            "responses": {"200": ok, **_errors(400, 404, 413, 415, 503)},
+            "responses": {"200": ok, **_errors(*guarded(400, 404, 408, 413, 415, 503))},
+            **security,
         }
         if params:
             operation["parameters"] = [version_param, header_param]
@@ -387,8 +400,9 @@ def build_openapi(
                     "requestBody": predict_body,
                     "responses": {
                         "200": _json(_ref("PredictResponse"), "One prediction per record"),
-                        **_errors(400, 413, 415, 503),
+                        **_errors(*guarded(400, 408, 413, 415, 503)),
                     },
+                    **security,
                 }
             },
             "/metrics": {
@@ -411,5 +425,18 @@ def build_openapi(
                 }
             },
         },
-        "components": {"schemas": _schemas(feature_names, max_rows)},
+        "components": {
+            "schemas": _schemas(feature_names, max_rows),
+            "securitySchemes": {
+                _SCHEME: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": (
+                        "The token in the file named by LINKEDGE_API_TOKEN_FILE; required by "
+                        "/predict and V2 infer when that is set. Health, metadata and "
+                        "/metrics never require it."
+                    ),
+                }
+            },
+        },
     }

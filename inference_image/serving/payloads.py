@@ -20,7 +20,7 @@ import orjson
 from inference_image.schema import MISSING_TOKEN
 
 from . import binary
-from .validation import F32_OVERFLOW, PayloadError, describe
+from .validation import F32_OVERFLOW, PayloadError, byte_count, describe, shown_count
 
 __all__ = [
     "F32_OVERFLOW",
@@ -53,18 +53,31 @@ def read_body(environ: Mapping[str, Any], limit: int) -> bytes:
     """Read a WSGI request body of at most ``limit`` bytes (PayloadError 413 beyond it).
 
     Reads ``wsgi.input`` directly: werkzeug's limited stream would silently truncate a
-    chunked body at the limit instead of refusing it.
+    chunked body at the limit instead of refusing it. A body that does not arrive within
+    the server's request time limit (the worker's read deadline raises TimeoutError) is
+    a 408.
     """
+    try:
+        return _read_body(environ, limit)
+    except TimeoutError as exc:
+        raise PayloadError(f"request body not received in time: {exc}", status=408) from None
+    except OSError as exc:  # the client went away mid-body: nobody reads this answer
+        raise PayloadError(f"request body could not be read: {exc}") from None
+
+
+def _read_body(environ: Mapping[str, Any], limit: int) -> bytes:
     stream = environ["wsgi.input"]
     raw_length = environ.get("CONTENT_LENGTH") or ""
     chunked = "chunked" in (environ.get("HTTP_TRANSFER_ENCODING") or "").lower()
     if raw_length and not chunked:
-        if not (raw_length.isascii() and raw_length.isdigit()):
+        length = byte_count(raw_length)
+        if length is None:
             raise PayloadError(f"invalid Content-Length header {raw_length[:20]!r}")
-        length = int(raw_length)
         if length > limit:
             raise PayloadError(
-                f"request body of {length} bytes exceeds the limit of {limit} bytes", status=413
+                f"request body of {shown_count(raw_length.lstrip('0'))} bytes exceeds the "
+                f"limit of {limit} bytes",
+                status=413,
             )
         return stream.read(length) if length else b""
     if not environ.get("wsgi.input_terminated"):

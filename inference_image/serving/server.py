@@ -28,7 +28,7 @@ from gunicorn.app.base import BaseApplication
 
 from inference_image.bundle import BundleError, load_bundle
 
-from .config import ServingConfig, positive_int_env
+from .config import STUCK_WORKER_GRACE_SECONDS, ServingConfig, positive_int_env
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # duplicated: importing .metrics would be too early
 DEFAULT_BUNDLE = "/opt/linkedge/model"
@@ -133,7 +133,10 @@ def gunicorn_options(
         "threads": 1,
         "keepalive": KEEPALIVE_SECONDS,
         "http_parser": "auto",  # gunicorn_h1c (C) if installed; the image has the Python one
-        "timeout": timeout,
+        # The keep-alive worker answers a request that takes longer than ``timeout`` to
+        # arrive with 408 (or a disconnect) and lives on; gunicorn kills a worker stuck for
+        # longer still (worker.py).
+        "timeout": timeout + STUCK_WORKER_GRACE_SECONDS,
         "graceful_timeout": timeout,
         "preload_app": preload,
         "accesslog": "-" if access_log else None,

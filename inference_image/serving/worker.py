@@ -9,9 +9,14 @@ connection limits, graceful stop, heartbeat) and serves each request inline, one
 like ``sync``. It also sends a response's head and body in one ``sendall``: two writes cost
 two trips through the TCP stack for every small response.
 
-Like ``sync``, a client that stalls in the middle of a request holds its worker until it
-sends more or gunicorn's ``timeout`` recycles the worker; a connection only reaches the
-worker once its first bytes have arrived, and idle kept-alive connections cost nothing.
+A request must arrive within the request time limit (LINKEDGE_REQUEST_TIMEOUT, which is
+gunicorn's ``timeout`` minus ``STUCK_WORKER_GRACE_SECONDS``), counted from its first bytes:
+every read of its head and body is bounded by that deadline (:class:`DeadlineSocket`). A
+client that stalls in its head is disconnected; one that stalls in its body gets a 408 from
+the app; the worker lives on either way. Only work that runs longer than the whole gunicorn
+``timeout`` (a prediction cannot be interrupted) gets the worker killed and replaced. A
+connection only reaches the worker once its first bytes have arrived, and idle kept-alive
+connections cost nothing.
 
 A kept-alive connection stays with the worker that accepted it, so connections must be
 spread when they are opened: all workers wake up for a new connection and the first one
@@ -35,7 +40,10 @@ from typing import Any
 
 from gunicorn import util
 from gunicorn.http import wsgi
+from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from .config import STUCK_WORKER_GRACE_SECONDS
 
 
 def _decide_parser_once(cfg: Any) -> None:
@@ -53,6 +61,61 @@ def _decide_parser_once(cfg: Any) -> None:
 
 ACCEPT_PAUSE = 0.002  # seconds; see the module docstring
 BALANCED_CONNECTIONS = 2  # a worker holding more accepts without pausing
+
+
+HEARTBEAT_SECONDS = 1.0  # tell the arbiter we are alive at least this often while serving
+
+
+class RequestTimeout(NoMoreData, TimeoutError):
+    """A request did not arrive within the time limit. gunicorn treats it as a client gone
+    away (a quiet disconnect); the app answers a body read that ends this way with 408."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def __str__(self) -> str:
+        return f"the request did not arrive within {self.seconds:g} s"
+
+
+class DeadlineSocket:
+    """The connection's socket as gunicorn's request parser sees it: every ``recv`` ends by
+    the connection's current request deadline."""
+
+    __slots__ = ("_conn", "_sock")
+
+    def __init__(self, conn: DeadlineConn, sock: Any) -> None:
+        self._conn = conn
+        self._sock = sock
+
+    def recv(self, size: int) -> bytes:
+        conn = self._conn
+        remaining = conn.deadline - time.monotonic()
+        if remaining <= 0:
+            raise RequestTimeout(conn.time_limit)
+        self._sock.settimeout(remaining)
+        try:
+            return self._sock.recv(size)
+        except TimeoutError:
+            raise RequestTimeout(conn.time_limit) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class DeadlineConn(TConn):
+    """A gthread connection whose HTTP/1 parser reads through a :class:`DeadlineSocket`."""
+
+    def __init__(self, cfg: Any, sock: Any, client: Any, server: Any, time_limit: float) -> None:
+        super().__init__(cfg, sock, client, server)
+        self.time_limit = time_limit
+        self.deadline = time.monotonic() + time_limit
+
+    def init(self) -> None:
+        super().init()
+        unreader = getattr(self.parser, "unreader", None)
+        if unreader is not None and getattr(unreader, "sock", None) is self.sock:
+            unreader.sock = DeadlineSocket(self, self.sock)
 
 
 class _Done:
@@ -123,6 +186,20 @@ class KeepAliveWorker(ThreadWorker):
         self._serving = False
         self._again: deque[TConn] = deque()
         self._accept_paused_until = 0.0
+        self._notified = 0.0
+        # The request time limit (LINKEDGE_REQUEST_TIMEOUT): see the module docstring.
+        self.request_time_limit = float(max(1, self.cfg.timeout - STUCK_WORKER_GRACE_SECONDS))
+
+    def notify(self) -> None:
+        self._notified = time.monotonic()
+        super().notify()
+
+    def _heartbeat(self) -> float:
+        """Notify the arbiter unless that was done less than HEARTBEAT_SECONDS ago; now."""
+        now = time.monotonic()
+        if now - self._notified > HEARTBEAT_SECONDS:
+            self.notify()
+        return now
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
@@ -145,7 +222,9 @@ class KeepAliveWorker(ThreadWorker):
             return
         self.nr_conns += 1
         now = time.monotonic()
-        conn = TConn(self.cfg, client_sock, client_addr, listener.getsockname())
+        conn = DeadlineConn(
+            self.cfg, client_sock, client_addr, listener.getsockname(), self.request_time_limit
+        )
         conn.timeout = now + self.cfg.keepalive
         self.pending_conns.append(conn)
         self.poller.register(
@@ -182,6 +261,13 @@ class KeepAliveWorker(ThreadWorker):
         finally:
             self._serving = False
 
+    def handle(self, conn: TConn) -> Any:
+        """Serve one request of ``conn``, which must arrive by its deadline from now on."""
+        now = self._heartbeat()
+        if isinstance(conn, DeadlineConn):
+            conn.deadline = now + conn.time_limit
+        return super().handle(conn)
+
     def handle_request(self, req: Any, conn: TConn) -> bool:
         """gthread's handle_request with the one-write response and no thread flags."""
         environ: dict[str, Any] = {}
@@ -206,6 +292,9 @@ class KeepAliveWorker(ThreadWorker):
                 resp.force_close()
 
             respiter = self.wsgi(environ, resp.start_response)
+            # The answer gets its own time to be sent (reads left a shorter timeout set).
+            self._heartbeat()
+            conn.sock.settimeout(self.request_time_limit)
             try:
                 for item in respiter:
                     resp.write(item)

@@ -42,7 +42,12 @@ def free_port() -> int:
 
 class Server:
     def __init__(
-        self, bundle_path: Path, tmp_path: Path, nthread: int, via_env: bool = False
+        self,
+        bundle_path: Path,
+        tmp_path: Path,
+        nthread: int,
+        via_env: bool = False,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -62,6 +67,7 @@ class Server:
                 LINKEDGE_WORKERS="2",
                 LINKEDGE_XGBOOST_NTHREAD=str(nthread),
             )
+            env.update(extra_env or {})
             command = [sys.executable, "-c", LAUNCH_ENV]
         else:
             command = [sys.executable, "-c", LAUNCH_RUN, str(bundle_path), str(self.port)]
@@ -76,6 +82,27 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def worker_pids(self) -> set[int]:
+        """The gunicorn workers: the master's child processes, from /proc."""
+        children = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rpartition(")")[2].split()
+            except OSError:  # the process ended meanwhile
+                continue
+            if int(fields[1]) == self.process.pid:
+                children.add(int(stat.parent.name))
+        return children
+
+    def wait_workers(self, count: int, timeout: float = 30.0) -> set[int]:
+        """The worker PIDs once ``count`` workers run (they boot after the first is ready)."""
+        deadline = time.monotonic() + timeout
+        while len(workers := self.worker_pids()) != count:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{len(workers)} workers, expected {count}:\n{self.log()}")
+            time.sleep(0.05)
+        return workers
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -317,3 +344,257 @@ def test_run_from_env_names_a_missing_bundle(tmp_path: Path, capsys, monkeypatch
     with pytest.raises(SystemExit):
         server.run_from_env({"LINKEDGE_BUNDLE": str(tmp_path / "nothing-here")})
     assert "nothing-here is not a model bundle" in capsys.readouterr().err
+
+
+# --- limits, enforced by the real server ---------------------------------------------------
+
+LIMITS_ENV = {
+    "LINKEDGE_MAX_BODY_BYTES": "20000",
+    "LINKEDGE_MAX_ROWS": "3",
+    "LINKEDGE_REQUEST_TIMEOUT": "2",
+}
+
+
+@pytest.fixture(scope="module")
+def limited_server(tiny_bundle: ModelBundle, tmp_path_factory: pytest.TempPathFactory):
+    running = Server(
+        tiny_bundle.path,
+        tmp_path_factory.mktemp("limited"),
+        nthread=1,
+        via_env=True,
+        extra_env=LIMITS_ENV,
+    )
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+def _exchange(port: int, raw: bytes, pause_after: int | None = None, timeout: float = 20.0):
+    """Send ``raw`` (stalling after ``pause_after`` bytes: the rest is never sent); return
+    (status or 0 when the server closed without answering, body, seconds taken)."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(raw if pause_after is None else raw[:pause_after])
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    elapsed = time.monotonic() - started
+    head, _, body = received.partition(b"\r\n\r\n")
+    status = int(head.split()[1]) if head.startswith(b"HTTP/1.1") else 0
+    return status, body, elapsed
+
+
+def _post(path: str, body: bytes, *headers: str, chunked: bool = False) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: t", "Connection: close", *headers]
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+        body = (
+            b"".join(
+                b"%x\r\n%s\r\n" % (len(body[i : i + 1000]), body[i : i + 1000])
+                for i in range(0, len(body), 1000)
+            )
+            + b"0\r\n\r\n"
+        )
+    else:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def test_body_and_row_limits_on_every_path(limited_server: Server, tiny_bundle: ModelBundle):
+    workers = limited_server.wait_workers(2)
+    names = tiny_bundle.feature_names
+    record = {name: None for name in names}
+    json_type = "Content-Type: application/json"
+    big = json.dumps({"instances": [record] * 3, "pad": "x" * 20000}).encode()
+    four = json.dumps({"instances": [record] * 4}).encode()
+    v2_four = json.dumps(
+        {"inputs": [{"name": "i", "shape": [4, 170], "datatype": "FP32", "data": [None] * 680}]}
+    ).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "i",
+                    "shape": [4, 170],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 4 * 170 * 4},
+                }
+            ]
+        }
+    ).encode()
+    binary_four = header + np.full((4, 170), np.nan, dtype="<f4").tobytes()
+    binary_big = header + b"\0" * 20000
+    infer = "/v2/models/aps-classifier/infer"
+    binary_headers = ("Content-Type: application/octet-stream",)
+    cases = [
+        (_post("/predict", big, json_type), 413, b"exceeds the limit of 20000 bytes"),
+        (_post("/predict", big, json_type, chunked=True), 413, b"limit of 20000 bytes"),
+        (_post(infer, big, json_type, chunked=True), 413, b"limit of 20000 bytes"),
+        (_post("/predict", four, json_type), 413, b"4 records exceed the limit of 3"),
+        (_post(infer, v2_four, json_type), 413, b"4 rows exceed the limit of 3"),
+        (_post(infer, v2_four, json_type, chunked=True), 413, b"4 rows exceed the limit of 3"),
+        (
+            _post(infer, binary_four, *binary_headers, f"{HEADER}: {len(header)}"),
+            413,
+            b"4 rows exceed the limit of 3",
+        ),
+        (
+            _post(infer, binary_big, *binary_headers, f"{HEADER}: {len(header)}", chunked=True),
+            413,
+            b"limit of 20000 bytes",
+        ),
+    ]
+    for raw, status, fragment in cases:
+        got, body, _ = _exchange(limited_server.port, raw)
+        assert got == status and fragment in body, (raw[:200], got, body)
+    # A body announced over the limit is refused before it is sent.
+    announced = (
+        f"POST /predict HTTP/1.1\r\nHost: t\r\n{json_type}\r\nContent-Length: 999999\r\n\r\n"
+    ).encode()
+    got, body, _ = _exchange(limited_server.port, announced, pause_after=len(announced))
+    assert got == 413 and b"999999 bytes exceeds the limit" in body
+    assert limited_server.worker_pids() == workers
+
+
+HEADER = "Inference-Header-Content-Length"
+
+
+def test_a_request_that_does_not_arrive_in_time_gets_408_and_the_worker_lives(
+    limited_server: Server, tiny_bundle: ModelBundle
+) -> None:
+    """LINKEDGE_REQUEST_TIMEOUT=2: a stalled body is a 408 after ~2 s, a stalled head a
+    closed connection; the same workers serve on (gunicorn's own kill comes 5 s later)."""
+    workers = limited_server.wait_workers(2)
+    record = dict(
+        zip(tiny_bundle.feature_names, tiny_bundle.smoke_vectors[0]["inputs"], strict=True)
+    )
+    body = json.dumps(record).encode()
+    raw = _post("/predict", body, "Content-Type: application/json")
+    infer = _post("/v2/models/aps-classifier/infer", body, "Content-Type: application/json")
+    stalled_body = raw[: raw.index(b"\r\n\r\n") + 10]
+    for request in (stalled_body, infer[: infer.index(b"\r\n\r\n") + 1]):
+        status, answer, elapsed = _exchange(limited_server.port, request, pause_after=len(request))
+        if request is stalled_body:
+            assert status == 408, answer
+            assert json.loads(answer)["error"].startswith("request body not received in time")
+        else:
+            assert status == 0 and answer == b""  # stalled in its head: disconnected
+        assert 1.5 < elapsed < 4.5, elapsed
+
+    # A body trickled one byte at a time is cut off at the same deadline (not per read).
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", limited_server.port), timeout=20) as sock:
+        sock.sendall(stalled_body)
+        answer = b""
+        for byte in raw[len(stalled_body) :]:
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.25)
+            if time.monotonic() - started > 6:
+                break
+        sock.settimeout(10)
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert time.monotonic() - started < 4.5
+
+    status, answer, _ = _exchange(limited_server.port, raw)
+    assert status == 200, answer
+    assert limited_server.worker_pids() == workers
+    log = limited_server.log()
+    assert "WORKER TIMEOUT" not in log and "Traceback" not in log, log
+
+
+# --- the bearer token ------------------------------------------------------------------------
+
+TOKEN = "s3cret-token-for-tests"
+
+
+@pytest.fixture(scope="module")
+def token_server(tiny_bundle: ModelBundle, tmp_path_factory: pytest.TempPathFactory):
+    directory = tmp_path_factory.mktemp("token")
+    token_file = directory / "api-token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o400)
+    running = Server(
+        tiny_bundle.path,
+        directory,
+        nthread=1,
+        via_env=True,
+        extra_env={"LINKEDGE_API_TOKEN_FILE": str(token_file)},
+    )
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+def test_the_token_guards_predictions_and_leaves_health_open(
+    token_server: Server, tiny_bundle: ModelBundle
+) -> None:
+    base = token_server.base
+    vector = tiny_bundle.smoke_vectors[2]
+    record = dict(zip(tiny_bundle.feature_names, vector["inputs"], strict=True))
+    v2 = {"inputs": [{"name": "i", "shape": [170], "datatype": "FP32", "data": vector["inputs"]}]}
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    for path, body in (("/predict", record), ("/v2/models/aps-classifier/infer", v2)):
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {TOKEN}"}):
+            response = requests.post(f"{base}{path}", json=body, headers=headers, timeout=10)
+            assert response.status_code == 401, response.text
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+            assert "token" in response.json()["error"] or "Bearer" in response.json()["error"]
+        response = requests.post(f"{base}{path}", json=body, headers=good, timeout=10)
+        assert response.status_code == 200, response.text
+    answer = requests.post(f"{base}/predict", json=record, headers=good, timeout=10).json()
+    assert answer["predictions"][0]["label"] == vector["label"]
+    for path in (
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2",
+        "/v2/models/aps-classifier",
+        "/v2/models/aps-classifier/ready",
+        "/metrics",
+        "/openapi.json",
+    ):
+        assert requests.get(f"{base}{path}", timeout=10).status_code == 200, path
+    document = requests.get(f"{base}/openapi.json", timeout=10).json()
+    assert document["paths"]["/predict"]["post"]["security"] == [{"bearerAuth": []}]
+    assert "security" not in document["paths"]["/v2/health/ready"]["get"]
+    # The image's HEALTHCHECK command works with a token configured (health is open).
+    check = subprocess.run(
+        [sys.executable, "-m", "inference_image", "healthcheck", "--port", str(token_server.port)],
+        cwd=REPO,
+        capture_output=True,
+        timeout=30,
+    )
+    assert check.returncode == 0, check.stderr
+    assert TOKEN not in token_server.log()
+
+
+@pytest.mark.parametrize("content", ["", "  \n", None], ids=["empty", "blank", "missing"])
+def test_an_empty_or_unreadable_token_file_stops_the_server(
+    tiny_bundle: ModelBundle, tmp_path: Path, content: str | None
+) -> None:
+    token_file = tmp_path / "api-token"
+    if content is not None:
+        token_file.write_text(content)
+    started = Server(
+        tiny_bundle.path,
+        tmp_path,
+        nthread=1,
+        via_env=True,
+        extra_env={"LINKEDGE_API_TOKEN_FILE": str(token_file)},
+    )
+    try:
+        returncode = started.process.wait(timeout=60)
+    finally:
+        started.stop()
+    assert returncode == 2
+    lines = started.log().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("linkedge-serve: error: LINKEDGE_API_TOKEN_FILE")
+    assert ("cannot be read" if content is None else "is empty") in lines[0]

@@ -1,0 +1,82 @@
+"""Bearer-token access to the endpoints that run the model.
+
+The token is never part of the image: the server reads it at start-up from the file named
+by ``LINKEDGE_API_TOKEN_FILE`` (a secret mounted read-only into the container). Health,
+metadata and ``/metrics`` stay open for monitoring; :class:`BearerAuth` guards
+``/predict`` and V2 infer (both the fast path and Flask call it through
+:mod:`.endpoints`).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .validation import PayloadError
+
+TOKEN_FILE_ENV = "LINKEDGE_API_TOKEN_FILE"
+SCHEME = "Bearer"
+_CHALLENGE = f'{SCHEME} realm="linkedge"'
+_INVALID = f'{SCHEME} realm="linkedge", error="invalid_token"'
+MAX_TOKEN_BYTES = 4096
+
+
+def read_token_file(path: Path) -> bytes:
+    """The token in ``path`` (surrounding whitespace, such as a final newline, dropped).
+
+    ValueError naming the variable and the file when it cannot be read, is empty, or holds
+    anything but one printable ASCII word (what an HTTP header can carry).
+    """
+    where = f"{TOKEN_FILE_ENV} ({path})"
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_TOKEN_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{where} cannot be read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_TOKEN_BYTES:
+        raise ValueError(f"{where} is larger than {MAX_TOKEN_BYTES} bytes; expected one token")
+    token = raw.strip()
+    if not token:
+        raise ValueError(f"{where} is empty; expected the API token")
+    if not all(0x21 <= byte <= 0x7E for byte in token):
+        raise ValueError(
+            f"{where} must hold one token of printable ASCII characters without spaces"
+        )
+    return token
+
+
+class BearerAuth:
+    """Checks ``Authorization: Bearer <token>`` against the configured token."""
+
+    def __init__(self, token: bytes) -> None:
+        if not token:
+            raise ValueError("the API token must not be empty")
+        self._token = token
+
+    def __repr__(self) -> str:
+        return "BearerAuth(<token hidden>)"
+
+    def check(self, environ: Mapping[str, Any]) -> None:
+        """Return when the request carries the token; PayloadError 401 otherwise."""
+        header = environ.get("HTTP_AUTHORIZATION")
+        if not header:
+            raise PayloadError(
+                f"missing bearer token: send the header Authorization: {SCHEME} <token>",
+                status=401,
+                headers=(("WWW-Authenticate", _CHALLENGE),),
+            )
+        scheme, _, credentials = header.strip().partition(" ")
+        if scheme.lower() != SCHEME.lower():
+            raise PayloadError(
+                f"Authorization must use the {SCHEME} scheme, got {scheme[:20]!r}",
+                status=401,
+                headers=(("WWW-Authenticate", _CHALLENGE),),
+            )
+        # WSGI header values are latin-1 decoded bytes: encode back to compare bytes.
+        given = credentials.strip().encode("latin-1", "replace")
+        if not hmac.compare_digest(given, self._token):
+            raise PayloadError(
+                "invalid bearer token", status=401, headers=(("WWW-Authenticate", _INVALID),)
+            )

@@ -1,0 +1,158 @@
+"""hypothesis fuzz of /predict and V2 infer (JSON and binary), in process.
+
+Every request goes through the WSGI fast path (what gunicorn serves) and, separately,
+through Flask's own views (what the fast path stands in front of). Both must answer every
+request with a 2xx or a clear 4xx: never a 5xx, never an exception.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import hypothesis
+import orjson
+import pytest
+from flask import Flask
+from hypothesis import strategies as st
+from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+from inference_image.bundle import ModelBundle
+
+from .checks import assert_clear_answer
+from .conftest import TOKEN
+from .hostile import HostileRequest, hostile_requests
+from .outcomes import OUTCOMES
+
+MAX_EXAMPLES = 600  # per target
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def environ_for(request: HostileRequest, authorization: str | None = None) -> dict[str, Any]:
+    headers = dict(request.headers)
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    environ = EnvironBuilder(
+        path=request.path,
+        method="POST",
+        input_stream=io.BytesIO(request.body),
+        headers=headers,
+    ).get_environ()
+    environ.pop("CONTENT_TYPE", None)
+    if request.content_type is not None:
+        environ["CONTENT_TYPE"] = request.content_type
+    environ["CONTENT_LENGTH"] = str(len(request.body))
+    if request.chunked:  # as gunicorn passes a chunked body: no length, terminated stream
+        del environ["CONTENT_LENGTH"]
+        environ["HTTP_TRANSFER_ENCODING"] = "chunked"
+        environ["wsgi.input_terminated"] = True
+    elif request.content_length is not None:
+        environ["CONTENT_LENGTH"] = request.content_length
+    return environ
+
+
+def call(app: WSGIApp, environ: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+    body, status, headers = run_wsgi_app(app, environ, buffered=True)
+    return int(status.split()[0]), dict(headers), b"".join(body)
+
+
+def assert_valid_success(path: str, headers: dict[str, str], body: bytes) -> None:
+    if headers.get("Content-Type") == "application/octet-stream":
+        json_length = int(headers["Inference-Header-Content-Length"])
+        document = orjson.loads(body[:json_length])
+    else:
+        document = orjson.loads(body)
+    if path == "/predict":
+        assert document["predictions"] and all(
+            0.0 <= p["probability"] <= 1.0 for p in document["predictions"]
+        )
+    else:
+        assert {o["name"] for o in document["outputs"]} <= {"probability", "label"}
+
+
+PATHS = ["/predict", "/v2/models/aps-classifier/infer"]
+
+
+def versioned_paths(bundle: ModelBundle) -> list[str]:
+    return [*PATHS, f"/v2/models/aps-classifier/versions/{bundle.version}/infer"]
+
+
+def fuzz(app: WSGIApp, target: str, paths: list[str], authorization: str | None = None) -> None:
+    @hypothesis.settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
+    @hypothesis.given(request=hostile_requests(paths))
+    def run(request: HostileRequest) -> None:
+        status, headers, body = call(app, environ_for(request, authorization))
+        OUTCOMES.record(f"{target}:{request.path.replace(bundle_version[0], '{version}')}", status)
+        assert_clear_answer(status, headers, body, request)
+        if status == 200:
+            assert_valid_success(request.path, headers, body)
+
+    run()
+
+
+bundle_version: list[str] = [""]
+
+
+@pytest.fixture(autouse=True)
+def _version(tiny_bundle: ModelBundle) -> None:
+    bundle_version[0] = tiny_bundle.version
+
+
+def test_fast_path_answers_hostile_requests_with_4xx(
+    fuzz_app: Flask, tiny_bundle: ModelBundle
+) -> None:
+    fuzz(fuzz_app, "hypothesis-fastpath", versioned_paths(tiny_bundle))
+
+
+def test_flask_views_answer_hostile_requests_with_4xx(
+    fuzz_app: Flask, tiny_bundle: ModelBundle
+) -> None:
+    flask_only = fuzz_app.wsgi_app.app  # the Flask WSGI app behind the fast path
+    fuzz(flask_only, "hypothesis-flask", versioned_paths(tiny_bundle))
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        f"Bearer {TOKEN.decode()}",
+        None,
+        "Bearer wrong",
+        "Basic Zm9vOmJhcg==",
+        "Bearer",
+        "Bearer \u00e9",
+    ],
+)
+def test_hostile_requests_with_and_without_the_token(
+    fuzz_app_with_token: Flask, authorization: str | None
+) -> None:
+    """With the right token as above; with anything else every request is a 401."""
+    target = (
+        "hypothesis-token"
+        if authorization == f"Bearer {TOKEN.decode()}"
+        else "hypothesis-bad-token"
+    )
+
+    @hypothesis.settings(
+        max_examples=40,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
+    @hypothesis.given(request=hostile_requests(PATHS), via_flask=st.booleans())
+    def run(request: HostileRequest, via_flask: bool) -> None:
+        app = fuzz_app_with_token.wsgi_app.app if via_flask else fuzz_app_with_token
+        status, headers, body = call(app, environ_for(request, authorization))
+        OUTCOMES.record(f"{target}:{request.path}", status)
+        assert_clear_answer(status, headers, body, request)
+        if target == "hypothesis-bad-token":
+            assert status == 401, (status, body)
+
+    run()
