@@ -3,6 +3,7 @@ switch, every kind of bad version rolled back, hardening, check mode."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -274,3 +275,51 @@ def test_an_interrupted_switch_is_completed_or_undone(docker_client, images, ser
 def test_env_may_not_set_what_the_module_manages(images, service):
     run = deploy(service, images.v1, free_port(), env={"LINKEDGE_PORT": "9999"})
     assert run.failed and "env must not set LINKEDGE_PORT" in run.result["msg"]
+
+
+def _predict_status(port: int, token: str | None) -> int:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=b"{}", method="POST")
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_api_token_file_protects_predictions_and_a_new_token_recreates(
+    docker_client, images, service, tmp_path
+):
+    port = free_port()
+    token_file = tmp_path / "api-token"
+    token_file.write_text("first-token-0123456789\n")
+    token_file.chmod(0o444)  # the test engine runs the container as 10001: it must read it
+    run = deploy(service, images.v1, port, api_token_file=str(token_file))
+    assert run["outcome"] == "updated" and run["smoke_vectors_checked"] > 0, run.result
+    container = docker_client.containers.get(service)
+    mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
+    assert mounts["/run/secrets/linkedge-api-token"]["RW"] is False
+    assert "first-token" not in json.dumps(container.attrs["Config"])  # path only, no secret
+    assert _predict_status(port, None) == 401
+    assert _predict_status(port, "wrong-token") == 401
+    assert _predict_status(port, "first-token-0123456789") == 400  # authorised; {} is no record
+    assert served_version(port) == images.v1.version  # metadata stays open
+
+    assert deploy(service, images.v1, port, api_token_file=str(token_file))["changed"] is False
+    token_file.chmod(0o644)
+    token_file.write_text("second-token-9876543210\n")
+    rotated = deploy(service, images.v1, port, api_token_file=str(token_file))
+    assert rotated["outcome"] == "updated", rotated.result  # smoke-checked with the new token
+    assert _predict_status(port, "first-token-0123456789") == 401
+    assert _predict_status(port, "second-token-9876543210") == 400
+
+    empty = tmp_path / "empty-token"
+    empty.write_text("")
+    refused = deploy(service, images.v1, port, api_token_file=str(empty))
+    assert refused.failed and "is empty" in refused.result["msg"]
+    assert _predict_status(port, "second-token-9876543210") == 400  # still serving
