@@ -6,7 +6,8 @@
     free port and must become ready and reproduce its smoke vectors; the serving container is
     not touched. (2) Handover: the serving container is renamed <name>-previous (replacing an
     older one) and keeps serving; the new <name> starts beside it on the same port (host network,
-    SO_REUSEPORT) and is checked through its own check port. Only then is the old one retired:
+    SO_REUSEPORT; restart policy "no" until it passed) and is checked through its own check
+    port. Only then is the old one retired:
     restart policy "no", graceful stop (in-flight requests finish; with the kernel setting
     net.ipv4.tcp_migrate_req=1 connections still queued on it move to the new server). A failure
     in (2) removes the new container and renames the old one back; it never stopped serving.
@@ -282,15 +283,19 @@ class InferenceSwitch:
             self.step(f"renamed {self.name} to {previous_name(self.name)} (still serving)")
         new = None
         try:
-            new = self.client.containers.create(
-                **create_kwargs(spec, image, self.params["image"], self.name, self.name)
-            )
+            create = create_kwargs(spec, image, self.params["image"], self.name, self.name)
+            # Not restarted by a reboot until it passed its checks: a power cut before that
+            # brings back only the old version (the next run then repairs the names).
+            create["restart_policy"] = {"Name": "no"}
+            new = self.client.containers.create(**create)
             started = time.monotonic()
             new.start()
             new.reload()
             ready_at = self._verify(
                 new, base_url(*check_address(new)), vectors, result["model_version"]
             )
+            new.update(restart_policy={"Name": spec["restart_policy"]})
+            self.step(f"{self.name} restart policy {spec['restart_policy']}")
         except (NotReady, SwitchFailed, DockerException) as exc:
             if new is not None:
                 new.remove(force=True)

@@ -18,8 +18,9 @@ description:
     reproduce every smoke vector of its bundle through C(/predict) and V2 infer; it is removed
     either way and the serving container is not touched. (2) Handover, with no failed request:
     the serving container is renamed C(<name>-previous) (replacing an older one) and keeps
-    serving; the new C(<name>) binds the same port beside it (SO_REUSEPORT) and is checked the
-    same way through a check port of its own on 127.0.0.1; only then is the old one retired
+    serving; the new C(<name>) binds the same port beside it (SO_REUSEPORT; restart policy
+    C(no) until it passed) and is checked the same way through a check port of its own on
+    127.0.0.1; only then is the old one retired
     (restart policy C(no), graceful stop: in-flight requests finish). On failure the new
     container is removed and the old one gets its name back; it never stopped serving."
   - "Connections still queued on the old server when it stops move to the new one only with the
