@@ -11,7 +11,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 DEFAULT_WHEELHOUSE = Path(os.environ.get("LINKEDGE_WHEELHOUSE", "build/wheelhouse"))
 
@@ -113,19 +115,59 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from .image.export import export_image
     from .release import image_packages, input_fingerprint, publish_release
 
+    if args.signing_key is not None:
+        _signing_call(_load_signing_key, args.signing_key)  # a missing key fails before export
     fingerprint = input_fingerprint(_data_files(args.data), json.loads(args.settings))
     args.releases.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=args.releases) as export_dir:
         export_image(args.image, Path(export_dir))
-        manifest = publish_release(
+        manifest = _signing_call(
+            publish_release,
             args.releases,
             args.bundle,
             Path(export_dir),
             image_packages(args.image),
             fingerprint,
             build_seconds=args.build_seconds,
+            signing_key=args.signing_key,
         )
     _print_json(manifest)
+    return 0
+
+
+def _load_signing_key(path: Path) -> Any:
+    from .signing import load_private_key
+
+    return load_private_key(path)
+
+
+def _signing_call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """FUNCTION(*ARGS, **KWARGS) with key and signature errors reported as usage errors."""
+    from .signing import SigningError
+
+    try:
+        return function(*args, **kwargs)
+    except SigningError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Write an Ed25519 release-signing key pair (private key 0600) into --out."""
+    from .signing import generate_key_pair
+
+    pair = _signing_call(generate_key_pair, args.out)
+    _print_json(
+        {"private_key": str(pair.private_key), "public_key": str(pair.public_key),
+         "key_id": pair.key_id}
+    )  # fmt: skip
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    """Sign a release directory's manifest.json (written from image.json for a bare export)."""
+    from .release import sign_release
+
+    _print_json(_signing_call(sign_release, args.release, args.signing_key))
     return 0
 
 
@@ -333,7 +375,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--settings", default="{}")
     p.add_argument("--build-seconds", type=float)
+    p.add_argument(
+        "--signing-key", type=Path, help="Ed25519 private key: sign manifest.json (keygen)"
+    )
     p.set_defaults(func=cmd_publish)
+
+    p = commands.add_parser("keygen", help="create an Ed25519 release-signing key pair")
+    p.add_argument("--out", type=Path, required=True, help="directory for the two key files")
+    p.set_defaults(func=cmd_keygen)
+
+    p = commands.add_parser("sign", help="sign a release directory's manifest.json")
+    p.add_argument("--release", type=Path, required=True, help="release (or export) directory")
+    p.add_argument("--signing-key", type=Path, required=True, help="Ed25519 private key (PEM)")
+    p.set_defaults(func=cmd_sign)
 
     p = commands.add_parser("verify", help="check a bundle's checksums")
     p.add_argument("--bundle", type=Path, required=True)

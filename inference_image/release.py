@@ -8,6 +8,12 @@ A release directory ``RELEASES/<version>/`` holds::
     bundle/                            the model bundle (checksummed)
     packages.json                      Python packages (name, version) inside the image
     manifest.json                      what the rollout reads (version, image ID, digests, ...)
+    manifest.json.sig                  Ed25519 signature over manifest.json's bytes (signing.py)
+
+The manifest names every checksum a truck relies on: ``image_id``, ``archive_sha256`` (and
+``archive_bytes``), ``bundle_sha256`` (the digest of ``bundle/SHA256SUMS``, which lists each
+bundle file's sha256) and ``files``: the sha256 of every other file of the release (relative
+path -> hex digest). Signed, it lets a truck check all of them with one trusted public key.
 
 ``RELEASES/current`` links to the newest accepted release and ``RELEASES/index/<fingerprint>``
 names the release built from a given set of inputs, so the same inputs never make a second one.
@@ -25,7 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .bundle import load_bundle, sha256_file
+from . import signing
+from .bundle import SUMS_FILE, load_bundle, sha256_file
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 MANIFEST = "manifest.json"
@@ -127,6 +134,101 @@ def current_release(releases: Path) -> dict[str, Any] | None:
     return json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
 
 
+def release_files(release_dir: Path, archive: str) -> dict[str, str]:
+    """sha256 of every file of a release except the archive, the manifest and its signature."""
+    release_dir = Path(release_dir)
+    skip = {archive, MANIFEST, MANIFEST + signing.SIGNATURE_SUFFIX}
+    return {
+        path.relative_to(release_dir).as_posix(): sha256_file(path)
+        for path in sorted(release_dir.rglob("*"))
+        if path.is_file() and path.relative_to(release_dir).as_posix() not in skip
+    }
+
+
+def write_manifest(release_dir: Path, manifest: dict[str, Any]) -> None:
+    (Path(release_dir) / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def manifest_from_export(release_dir: Path) -> dict[str, Any]:
+    """A manifest for an `export` directory (image.json, archive, optional bundle/) that has
+    none, e.g. the small releases the Molecule scenarios build: same fields as a published one
+    except what only `publish` knows (packages, build figures, inputs)."""
+    release_dir = Path(release_dir)
+    record = json.loads((release_dir / "image.json").read_text())
+    bundle_dir = release_dir / "bundle"
+    if (bundle_dir / SUMS_FILE).is_file():
+        bundle = load_bundle(bundle_dir)  # every bundle file checked against SHA256SUMS
+        if bundle.sha256 != record["bundle_sha256"]:
+            raise ReleaseError(
+                f"{bundle_dir} has digest {bundle.sha256}, image.json says "
+                f"{record['bundle_sha256']}: put the bundle the image was built from there"
+            )
+    card_path = release_dir / "model_card.json"
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    return {
+        "name": card.get("name", "aps-classifier"),
+        "version": record["model_version"],
+        "image": record["image"],
+        "image_id": record["image_id"],
+        "archive": record["archive"],
+        "archive_sha256": record["sha256"],
+        "archive_bytes": record["size_bytes"],
+        "bundle_sha256": record["bundle_sha256"],
+        "cost_ratio": ((card.get("metrics") or {}).get("out_of_fold") or {}).get("cost_ratio"),
+        "source_commit": source_commit(),
+        "files": release_files(release_dir, record["archive"]),
+    }
+
+
+def check_release_files(release_dir: Path, manifest: dict[str, Any]) -> None:
+    """Every file the manifest names has the digest it says (so only what matches is signed)."""
+    release_dir = Path(release_dir)
+    archive = release_dir / manifest["archive"]
+    if not archive.is_file():
+        raise ReleaseError(f"{archive} is missing: the release is incomplete")
+    if archive.stat().st_size != manifest["archive_bytes"] or (
+        sha256_file(archive) != manifest["archive_sha256"]
+    ):
+        raise ReleaseError(f"{archive} does not match manifest.json: the release was altered")
+    bundle_sums = release_dir / "bundle" / SUMS_FILE
+    if bundle_sums.is_file() and sha256_file(bundle_sums) != manifest["bundle_sha256"]:
+        raise ReleaseError(f"{bundle_sums} does not match manifest.json: the release was altered")
+    for name, digest in (manifest.get("files") or {}).items():
+        path = release_dir / name
+        if not path.is_file() or sha256_file(path) != digest:
+            raise ReleaseError(f"{path} does not match manifest.json: the release was altered")
+
+
+def sign_release(release_dir: Path, signing_key: Path) -> dict[str, Any]:
+    """Sign RELEASE/manifest.json (written from image.json first when the directory is a bare
+    export) after checking the files against it. Idempotent: a manifest already signed by this
+    key is left alone (and not re-read). Returns {manifest, signature, key_id, version,
+    changed}."""
+    release_dir = Path(release_dir)
+    key = signing.load_private_key(signing_key)
+    manifest_path = release_dir / MANIFEST
+    changed = False
+    if not manifest_path.is_file():
+        if not (release_dir / "image.json").is_file():
+            raise ReleaseError(f"{release_dir} holds neither manifest.json nor image.json")
+        write_manifest(release_dir, manifest_from_export(release_dir))
+        changed = True
+    manifest = json.loads(manifest_path.read_text())
+    try:
+        key_id = signing.verify_manifest(manifest_path, key.public_key())
+    except signing.SigningError:
+        check_release_files(release_dir, manifest)  # sign only what matches the manifest
+        signing.sign_manifest(manifest_path, key)
+        key_id, changed = signing.key_id(key.public_key()), True
+    return {
+        "manifest": str(manifest_path),
+        "signature": str(signing.signature_path(manifest_path)),
+        "key_id": key_id,
+        "version": manifest["version"],
+        "changed": changed,
+    }
+
+
 def publish_release(
     releases: Path,
     bundle_dir: Path,
@@ -134,10 +236,13 @@ def publish_release(
     packages: list[list[str]],
     fingerprint: dict[str, Any],
     build_seconds: float | None = None,
+    signing_key: Path | None = None,
 ) -> dict[str, Any]:
-    """Move an export and its bundle into RELEASES/<version>/ atomically, then point
-    `current` and the fingerprint index at it. Refuses to replace an existing version."""
+    """Move an export and its bundle into RELEASES/<version>/ atomically (signed with
+    SIGNING_KEY when given), then point `current` and the fingerprint index at it. Refuses to
+    replace an existing version."""
     releases = Path(releases)
+    key = signing.load_private_key(signing_key) if signing_key is not None else None
     bundle = load_bundle(bundle_dir)
     image_record = json.loads((Path(export_dir) / "image.json").read_text())
     if image_record["bundle_sha256"] != bundle.sha256:
@@ -170,8 +275,11 @@ def publish_release(
             "build_seconds": build_seconds,
             "source_commit": source_commit(),
             "inputs": fingerprint,
+            "files": release_files(staging, image_record["archive"]),
         }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        write_manifest(staging, manifest)
+        if key is not None:
+            signing.sign_manifest(staging / MANIFEST, key)
         staging.chmod(0o755)  # mkdtemp made it private; releases are read by deploy users
         staging.rename(target)
     except BaseException:

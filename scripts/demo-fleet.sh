@@ -49,6 +49,10 @@ print(f"model {card['version']}: threshold {card.get('threshold')}, "
 EOF
 cli build --bundle "$OUT/bundle" --tag "$IMAGE" --no-pull >"$OUT/build.json"
 cli export --image "$IMAGE" --out "$LINKEDGE_RELEASE_DIR" >"$OUT/export.json"
+# Trucks load only releases signed by a key they trust: the development key (made once).
+[ -f build/keys/release-signing.key ] || cli keygen --out build/keys >/dev/null
+cli sign --release "$LINKEDGE_RELEASE_DIR" --signing-key build/keys/release-signing.key >/dev/null
+export LINKEDGE_RELEASE_PUBLIC_KEY="$PWD/build/keys/release-signing.pub"
 echo "release: $LINKEDGE_RELEASE_DIR ($(du -h "$LINKEDGE_RELEASE_DIR"/*.tar | cut -f1) archive)"
 
 step "2/5 create the simulated trucks ($INVENTORY)"

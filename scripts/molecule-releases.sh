@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Build the two small releases the Molecule scenarios ship to simulated trucks:
 #   build/releases/v1  (30 boosting rounds)   build/releases/v2  (40 boosting rounds)
+# both signed with the development key build/keys/release-signing.key (created if missing).
 # Each is an `inference_image export` directory (image archive, .sha256, model_card.json,
 # image.json) plus the model bundle it was built from in <release>/bundle (the tests read the
-# smoke vectors from there). Idempotent: a release whose image.json and archive are present and
-# whose archive size matches is kept as is; FORCE=1 rebuilds both.
+# smoke vectors from there). Idempotent: a release whose image.json and archive are present,
+# whose archive size matches and that was built from the current inference_image sources is
+# kept as is; FORCE=1 rebuilds both.
 # Usage: bash scripts/molecule-releases.sh   (from the repository root; uses .venv when present)
 set -euo pipefail
 
@@ -32,9 +34,14 @@ sys.exit(0 if ok else 1)
 EOF
 }
 
+# What the images are built from: a release built from other sources is stale (rebuilt).
+SOURCES=$(find inference_image -type f \( -name '*.py' -o -name 'Dockerfile' -o -name '*.txt' -o -name '*.sh' \) \
+  -not -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+
 release() { # name n_estimators
   local name="$1" rounds="$2" out="$RELEASES/$1"
-  if [ "${FORCE:-0}" != 1 ] && present "$out"; then
+  if [ "${FORCE:-0}" != 1 ] && present "$out" \
+     && [ "$(cat "$out/.sources-sha256" 2>/dev/null)" = "$SOURCES" ]; then
     log "$name: present ($out), skipped"
     return 0
   fi
@@ -45,6 +52,7 @@ release() { # name n_estimators
   cli build --bundle "$work/bundle" --tag "$IMAGE_NAME:molecule-$name" --no-pull >"$work/build.json"
   cli export --image "$IMAGE_NAME:molecule-$name" --out "$work/export" >/dev/null
   mv "$work/bundle" "$work/export/bundle"
+  echo "$SOURCES" >"$work/export/.sources-sha256"
   [ ! -e "$out" ] || { chmod -R u+w "$out"; rm -rf "$out"; }
   mv "$work/export" "$out"
   cleanup
@@ -57,3 +65,12 @@ cleanup() { [ -z "$work" ] || { chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"
 trap cleanup EXIT
 release v1 30
 release v2 40
+
+# Sign both with the project's development key (trucks verify the signature before loading;
+# molecule.yml gives them build/keys/release-signing.pub). Idempotent: signed releases stay.
+KEYS="${LINKEDGE_KEYS_DIR:-build/keys}"
+[ -f "$KEYS/release-signing.key" ] || cli keygen --out "$KEYS" >/dev/null
+for name in v1 v2; do
+  cli sign --release "$RELEASES/$name" --signing-key "$KEYS/release-signing.key" >/dev/null
+done
+log "v1, v2 signed with $KEYS/release-signing.key"

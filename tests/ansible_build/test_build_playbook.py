@@ -19,6 +19,8 @@ import pytest
 pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the venv's ansible-playbook, whatever PATH says
+# The role's default signing key: the project's development key, generated on first use.
+DEV_PUBLIC_KEY = REPO / "build" / "keys" / "release-signing.pub"
 
 
 def run_build(releases: Path, work: Path, **extra_vars) -> subprocess.CompletedProcess:
@@ -93,6 +95,32 @@ def test_publishes_a_complete_release(releases):
     assert not any(path.name.startswith(".") for path in root.iterdir() if path.is_dir())
 
 
+def test_the_release_is_signed_and_its_manifest_covers_every_file(releases):
+    from inference_image import signing
+
+    release = (releases["root"] / "current").resolve()
+    manifest = json.loads((release / "manifest.json").read_text())
+    public_key = signing.load_public_key(DEV_PUBLIC_KEY)
+    assert signing.verify_manifest(release / "manifest.json", public_key) == signing.key_id(
+        public_key
+    )
+    record = json.loads((release / "manifest.json.sig").read_text())
+    assert record["algorithm"] == "ed25519" and record["key_id"] == signing.key_id(public_key)
+    listed = {path.relative_to(release).as_posix() for path in release.rglob("*") if path.is_file()}
+    assert set(manifest["files"]) == listed - {
+        manifest["archive"],
+        "manifest.json",
+        "manifest.json.sig",
+    }
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((release / name).read_bytes()).hexdigest() == digest, name
+    assert manifest["files"]["bundle/SHA256SUMS"] == manifest["bundle_sha256"]
+    private_key = REPO / "build" / "keys" / "release-signing.key"
+    assert private_key.stat().st_mode & 0o777 == 0o600
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(private_key)], cwd=REPO)
+    assert ignored.returncode == 0, "the signing key must be git-ignored"
+
+
 def test_same_inputs_make_no_new_release(releases):
     root = releases["root"]
     before = sorted(p.name for p in root.iterdir())
@@ -103,6 +131,31 @@ def test_same_inputs_make_no_new_release(releases):
     assert "nothing to do" in result.stdout
     assert sorted(p.name for p in root.iterdir()) == before
     assert (root / "current" / "manifest.json").stat().st_mtime == manifest_mtime
+
+
+def test_an_unsigned_release_of_the_same_inputs_gets_signed(releases):
+    release = (releases["root"] / "current").resolve()
+    signature = release / "manifest.json.sig"
+    before = signature.read_bytes()
+    signature.unlink()
+    result = run_build(releases["root"], releases["work"])
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert recap(result)["changed"] == 1  # only the signature: nothing was rebuilt
+    assert signature.read_bytes() == before  # Ed25519 signatures are deterministic
+
+
+def test_a_configured_signing_key_that_is_missing_stops_the_build(releases, tmp_path):
+    root = releases["root"]
+    before = sorted(p.name for p in root.iterdir())
+    result = run_build(
+        root, releases["work"], image_builder_signing_key=str(tmp_path / "ci-release.key")
+    )
+    assert result.returncode != 0
+    assert f"Signing key {tmp_path / 'ci-release.key'} (image_builder_signing_key) not found" in (
+        " ".join(result.stdout.split())
+    )
+    assert "Nothing was built." in result.stdout
+    assert sorted(p.name for p in root.iterdir()) == before
 
 
 def test_gate_refuses_a_worse_model_with_both_figures(releases):
@@ -131,6 +184,125 @@ def test_ceiling_refuses_even_without_a_current_release(tmp_path):
     assert result.returncode != 0
     assert "against the ceiling 0.09" in result.stdout
     assert not (tmp_path / "releases" / "current").exists()
+
+
+def run_role_ship(release_dir: Path, tmp_path: Path, name: str) -> tuple[int, dict]:
+    """The inference_service role's release.yml and ship.yml (edge facts, verification on the
+    "truck", shipping when the image is absent) against this host; (rc, json callback output)."""
+    variables = {
+        "inference_service_release_dir": str(release_dir),
+        "inference_service_release_public_key": str(DEV_PUBLIC_KEY),  # a path on the controller
+        "inference_service_release_manifest_dir": str(tmp_path / "truck" / "releases"),
+        "inference_service_staging_dir": str(tmp_path / "truck" / "staging"),
+        "inference_service_name": name,
+        "ansible_python_interpreter": sys.executable,
+    }
+    role = "linkedge.edge.inference_service"
+    play = [{
+        "hosts": "localhost", "connection": "local", "gather_facts": False, "vars": variables,
+        "tasks": [
+            {"ansible.builtin.include_role": {"name": role, "tasks_from": "release.yml"}},
+            {"ansible.builtin.include_role": {"name": role, "tasks_from": "ship.yml"}},
+            {"name": "signed", "ansible.builtin.debug": {"var": "inference_service_release"}},
+        ],
+    }]  # fmt: skip
+    playbook = tmp_path / f"ship-{time.monotonic_ns()}.yml"
+    playbook.write_text(json.dumps(play))
+    result = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", "localhost,", str(playbook)],
+        cwd=REPO,
+        env={
+            **os.environ,
+            "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_STDOUT_CALLBACK": "json",
+            "ANSIBLE_SHOW_CUSTOM_STATS": "1",
+            "ANSIBLE_LOCALHOST_WARNING": "0",
+        },
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return result.returncode, json.loads(result.stdout)
+
+
+def _tampered_copy(release: Path, out: Path) -> Path:
+    """The release with every file hard-linked (the 236 MB archive is not copied): replace a
+    file before changing it."""
+    shutil.copytree(release, out, copy_function=os.link)
+    return out
+
+
+def _rewrite(path: Path, data: bytes) -> None:
+    path.unlink()  # break the hard link: the built release stays intact
+    path.write_bytes(data)
+
+
+@pytest.fixture
+def serving(releases):
+    """A container of the release's image: what the "truck" serves while releases are refused."""
+    client = docker.from_env()
+    manifest = json.loads((releases["root"] / "current" / "manifest.json").read_text())
+    name = f"lkbuild-serving-{os.getpid()}"
+    container = client.containers.run(
+        manifest["image_id"], name=name, detach=True, network_mode="none"
+    )
+    yield container
+    container.remove(force=True)
+
+
+def test_the_truck_refuses_a_tampered_release_and_keeps_serving(releases, serving, tmp_path):
+    from inference_image import signing
+
+    release = (releases["root"] / "current").resolve()
+    manifest = json.loads((release / "manifest.json").read_text())
+    client = docker.from_env()
+    images_before = sorted(image.id for image in client.images.list())
+    key_id = signing.key_id(signing.load_public_key(DEV_PUBLIC_KEY))
+
+    rc, output = run_role_ship(release, tmp_path, serving.name)  # the signed release passes
+    assert rc == 0, json.dumps(output)[-3000:]
+    tasks = output["plays"][0]["tasks"]
+    signed = tasks[-1]["hosts"]["localhost"]["inference_service_release"]
+    assert signed["image_id"] == manifest["image_id"] and signed["key_id"] == key_id
+    kept = tmp_path / "truck" / "releases" / manifest["version"] / "manifest.json"
+    assert kept.read_bytes() == (release / "manifest.json").read_bytes()
+
+    other = signing.generate_key_pair(tmp_path / "other-key")
+    altered = (release / "manifest.json").read_text().replace(manifest["image_id"][-12:], "0" * 12)
+    cases = {
+        # The manifest points the truck at another image: one field changed, signature kept.
+        "manifest": (
+            lambda out: _rewrite(out / "manifest.json", altered.encode()),
+            f"signature does not match the trusted key {key_id}: the manifest was altered",
+        ),
+        "another key": (
+            lambda out: (
+                (out / "manifest.json.sig").unlink(),
+                signing.sign_manifest(
+                    out / "manifest.json", signing.load_private_key(other.private_key)
+                ),
+            ),
+            f"(the signature file names key {other.key_id})",
+        ),
+        "no signature": (
+            lambda out: (out / "manifest.json.sig").unlink(),
+            "is not a signed release",
+        ),
+    }
+    for case, (tamper, expected) in cases.items():
+        out = _tampered_copy(release, tmp_path / case.replace(" ", "-"))
+        tamper(out)
+        rc, output = run_role_ship(out, tmp_path, serving.name)
+        assert rc != 0, case
+        report = output["global_custom_stats"]["linkedge_rollout"]["localhost"]
+        assert report["outcome"] == "failed" and report["rolled_back"] is False, case
+        assert report["reason"].startswith("release refused: "), report
+        assert expected in " ".join(report["reason"].split()), (case, report["reason"])
+        assert report["model_version"] == manifest["version"]  # what the truck still serves
+        serving.reload()
+        assert serving.status == "running" and serving.image.id == manifest["image_id"], case
+        assert sorted(image.id for image in client.images.list()) == images_before, case
 
 
 @pytest.fixture

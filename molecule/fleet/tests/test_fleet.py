@@ -204,6 +204,38 @@ def test_bad_version_stops_at_the_canary():
     }
 
 
+@pytest.fixture
+def tampered_release():
+    """v2 whose signed manifest claims a better cost ratio than it was signed with."""
+    import shutil
+
+    out = RELEASES / "v2-tampered"
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(RELEASES / "v2", out, symlinks=True)
+    manifest = out / "manifest.json"
+    fields = json.loads(manifest.read_text())
+    fields["cost_ratio"] = 0.01
+    manifest.write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
+    yield "v2-tampered"
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def test_tampered_release_is_refused_before_anything_is_sent(tampered_release):
+    v1 = release("v1")["model_version"]
+    rc, seconds, report, output = playbook("rollout.yml", "-e", f"model_version={tampered_release}")
+    assert rc != 0, output
+    canary = report["trucks"]["fleet-truck-1"]
+    assert canary["outcome"] == "failed", report
+    assert "signature does not match the trusted key" in canary["reason"], canary
+    assert not canary.get("bytes_transferred"), canary
+    assert {t: r["outcome"] for t, r in report["trucks"].items() if t != "fleet-truck-1"} == (
+        dict.fromkeys(TRUCKS[1:], "not_reached")
+    ), report
+    assert {t: serving(t) for t in TRUCKS} == dict.fromkeys(TRUCKS, v1)
+    FIGURES["tampered_manifest"] = {"seconds": round(seconds, 1), "reason": canary["reason"]}
+
+
 def cut_off(truck: str) -> None:
     """Off the network, and paused so that `docker exec` (Ansible's connection here) fails as
     SSH would to a truck out of coverage (a network disconnect alone does not stop docker exec)."""

@@ -1,0 +1,288 @@
+"""linkedge.edge.release_verify through ansible-playbook: a signed release passes, every kind of
+tampering is refused with a message saying what was wrong.
+
+Real keys (inference_image.signing), a real signed release directory (inference_image.release
+sign_release over an export with its bundle), the module run as Ansible runs it. The target
+Python is Debian's /usr/bin/python3 with python3-cryptography, as on a truck, when present.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from inference_image import signing
+from inference_image.bundle import load_bundle, write_bundle
+from inference_image.release import sign_release
+from inference_image.schema import APS_FEATURES
+
+from .run_module import run_module
+
+DEBIAN_PYTHON = "/usr/bin/python3"
+CARD = {"version": "aps-test-1", "threshold": 0.25, "metrics": {"out_of_fold": {}}}
+SMOKE = [{"inputs": [None] * 170, "probability": 0.1, "label": "neg"}]
+ARCHIVE = "linkedge_aps-classifier_aps-test-1.tar"
+
+
+def _truck_python() -> str | None:
+    """Debian's python3 when it has python3-cryptography (a truck's setup), else the venv's."""
+    if not os.path.exists(DEBIAN_PYTHON):
+        return None
+    probe = subprocess.run([DEBIAN_PYTHON, "-c", "import cryptography"], capture_output=True)
+    return DEBIAN_PYTHON if probe.returncode == 0 else None
+
+
+TRUCK_PYTHON = _truck_python()
+
+
+@dataclass(frozen=True)
+class SignedRelease:
+    path: Path
+    keys: signing.KeyPair
+    manifest: dict
+
+    @property
+    def public_key(self) -> str:
+        return self.keys.public_key.read_text()
+
+    def args(self, **extra) -> dict:
+        return {
+            "manifest": str(self.path / "manifest.json"),
+            "public_key": self.public_key,
+            "archive": str(self.path / ARCHIVE),
+            "bundle_dir": str(self.path / "bundle"),
+            **extra,
+        }
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> signing.KeyPair:
+    return signing.generate_key_pair(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture
+def release(tmp_path, keys) -> SignedRelease:
+    """A signed release directory: archive (64 KiB), .sha256, image.json, bundle/."""
+    path = tmp_path / "release"
+    path.mkdir()
+    archive = os.urandom(64 * 1024)
+    (path / ARCHIVE).write_bytes(archive)
+    digest = hashlib.sha256(archive).hexdigest()
+    (path / f"{ARCHIVE}.sha256").write_text(f"{digest}  {ARCHIVE}\n")
+    bundle = load_bundle(
+        write_bundle(path / "bundle", b'{"model": 1}', list(APS_FEATURES), CARD, SMOKE)
+    )
+    record = {
+        "archive": ARCHIVE,
+        "sha256": digest,
+        "image": "linkedge/aps-classifier:aps-test-1",
+        "image_id": "sha256:" + "1" * 64,
+        "model_version": bundle.version,
+        "bundle_sha256": bundle.sha256,
+        "size_bytes": len(archive),
+    }
+    (path / "image.json").write_text(json.dumps(record))
+    sign_release(path, keys.private_key)
+    return SignedRelease(path, keys, json.loads((path / "manifest.json").read_text()))
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    mode = path.stat().st_mode
+    path.chmod(mode | stat.S_IWUSR)  # bundle files are read-only
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _run(args: dict, check: bool = False):
+    return run_module("release_verify", args, check=check, python=TRUCK_PYTHON)
+
+
+def test_a_signed_release_passes_and_returns_the_signed_fields(release):
+    result = _run(release.args())
+    assert not result.failed, result.result
+    assert result["verified"] is True and result["changed"] is False
+    assert result["key_id"] == release.keys.key_id
+    assert result["version"] == "aps-test-1"
+    assert result["image_id"] == "sha256:" + "1" * 64
+    assert result["manifest"] == release.manifest
+    assert result["archive_sha256"] == release.manifest["archive_sha256"]
+    assert result["bundle_files"] == [
+        "SHA256SUMS", "model.json", "schema.json", "model_card.json", "smoke_vectors.json",
+    ]  # fmt: skip
+    manifest_bytes = (release.path / "manifest.json").read_bytes()
+    assert result["manifest_sha256"] == hashlib.sha256(manifest_bytes).hexdigest()
+
+
+def test_verifies_in_check_mode_too(release):
+    good = _run(release.args(), check=True)
+    assert good["verified"] is True and not good.failed
+    _flip_byte(release.path / ARCHIVE, 10)
+    assert _run(release.args(), check=True).failed  # read-only, but never lenient
+
+
+def test_check_mode_warns_when_nothing_was_copied_yet(release, tmp_path):
+    args = release.args(manifest=str(tmp_path / "not-copied" / "manifest.json"))
+    result = _run(args, check=True)
+    assert not result.failed and result["verified"] is False
+    assert "not copied in check mode" in " ".join(result.get("warnings", []))
+    assert _run(args).failed  # a real run refuses
+
+
+def test_key_as_a_file_or_as_base64_of_the_raw_bytes(release, tmp_path):
+    key_file = tmp_path / "trusted.pub"
+    shutil.copy(release.keys.public_key, key_file)
+    by_path = release.args(public_key_path=str(key_file))
+    del by_path["public_key"]
+    assert _run(by_path)["verified"] is True
+    pem = "".join(release.public_key.strip().splitlines()[1:-1])
+    raw_b64 = base64.b64encode(base64.b64decode(pem)[-32:]).decode()  # SPKI ends with the key
+    assert _run(release.args(public_key=raw_b64))["key_id"] == release.keys.key_id
+
+
+def test_tampered_manifest_is_refused(release):
+    manifest = release.path / "manifest.json"
+    text = manifest.read_text()
+    # The attacker points the truck at another image: one character of image_id changed.
+    manifest.write_text(text.replace("1" * 64, "1" * 63 + "2"))
+    result = _run(release.args())
+    assert result.failed and result["verified"] is False
+    assert result["msg"] == (
+        f"signature does not match the trusted key {release.keys.key_id}: the manifest was "
+        "altered or signed by another key; republish the release; nothing was loaded"
+    )
+
+
+def test_tampered_archive_is_refused(release):
+    archive = release.path / ARCHIVE
+    _flip_byte(archive, 32 * 1024)  # same size, one byte flipped
+    actual = hashlib.sha256(archive.read_bytes()).hexdigest()
+    result = _run(release.args())
+    assert result.failed
+    assert result["msg"] == (
+        f"archive {archive} has sha256 {actual}, the signed manifest says "
+        f"{release.manifest['archive_sha256']}: the archive was altered or corrupted; copy it "
+        "again from the release; nothing was loaded"
+    )
+    with open(archive, "ab") as handle:
+        handle.write(b"x")  # a longer (or truncated) archive is refused on its size at once
+    assert "bytes, the signed manifest says 65536" in _run(release.args())["msg"]
+
+
+def test_tampered_bundle_file_is_refused(release):
+    model = release.path / "bundle" / "model.json"
+    _flip_byte(model, 2)
+    actual = hashlib.sha256(model.read_bytes()).hexdigest()
+    result = _run(release.args())
+    assert result.failed
+    assert result["msg"].startswith(f"bundle file {model} has sha256 {actual}, the signed manifest")
+    assert "the bundle was altered; ship the release's bundle again" in result["msg"]
+
+
+def test_rewritten_bundle_checksums_are_refused(release):
+    """An attacker who alters a file and rewrites SHA256SUMS to match is caught by the signed
+    bundle digest."""
+    bundle = release.path / "bundle"
+    _flip_byte(bundle / "model.json", 2)
+    sums = bundle / "SHA256SUMS"
+    lines = []
+    for line in sums.read_text().splitlines():
+        _digest, _, name = line.partition("  ")
+        lines.append(f"{hashlib.sha256((bundle / name).read_bytes()).hexdigest()}  {name}")
+    sums.chmod(0o644)
+    sums.write_text("\n".join(lines) + "\n")
+    result = _run(release.args())
+    assert result.failed
+    assert result["msg"].startswith(f"bundle {sums} has sha256 ")
+    assert f"the signed manifest says {release.manifest['bundle_sha256']}" in result["msg"]
+
+
+def test_signature_by_another_key_is_refused(release, tmp_path):
+    other = signing.generate_key_pair(tmp_path / "other")
+    signing.sign_manifest(
+        release.path / "manifest.json", signing.load_private_key(other.private_key)
+    )
+    result = _run(release.args())
+    assert result.failed
+    assert result["msg"] == (
+        f"signature does not match the trusted key {release.keys.key_id} (the signature file "
+        f"names key {other.key_id}): the manifest was altered or signed by another key; "
+        "republish the release; nothing was loaded"
+    )
+
+
+def test_missing_signature_is_refused(release):
+    signature = release.path / "manifest.json.sig"
+    signature.unlink()
+    result = _run(release.args())
+    assert result.failed
+    assert result["msg"] == (
+        f"signature file {signature} is missing: the release is not signed or its signature "
+        "was not shipped; sign it (python -m inference_image sign --release DIR --signing-key "
+        "KEY) and run again; nothing was loaded"
+    )
+
+
+def test_truncated_signature_and_bad_trusted_key_are_refused(release):
+    signature = release.path / "manifest.json.sig"
+    record = json.loads(signature.read_text())
+    record["signature"] = record["signature"][:40]  # base64 of 30 bytes
+    signature.write_text(json.dumps(record))
+    assert "the signature has 30 bytes, an Ed25519 signature has 64" in _run(release.args())["msg"]
+    result = _run(release.args(public_key="not a key"))
+    assert result.failed and "the trusted public key is not an Ed25519 public key" in result["msg"]
+
+
+@pytest.mark.skipif(
+    not os.path.exists("build/sanity-pythons/python3.8"), reason="no Python 3.8 interpreter"
+)
+def test_target_without_cryptography_is_told_what_to_install(release):
+    python = str(Path("build/sanity-pythons/python3.8").resolve())
+    if subprocess.run([python, "-c", "import cryptography"], capture_output=True).returncode == 0:
+        pytest.skip("this Python 3.8 has cryptography")
+    result = run_module("release_verify", release.args(), python=python)
+    assert result.failed
+    assert "cryptography (python3-cryptography on Debian and Ubuntu)" in result["msg"]
+
+
+def test_image_delta_refuses_an_archive_holding_another_image_than_the_signed_one(tmp_path):
+    """The rollout passes the verified manifest's image_id to image_delta (controller side)."""
+    import io
+    import tarfile
+
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": ["sha256:" + "a" * 64]}})
+    config_id = hashlib.sha256(config.encode()).hexdigest()
+    members = {
+        f"{config_id}.json": config.encode(),
+        "layer/layer.tar": b"layer",
+        "manifest.json": json.dumps(
+            [{"Config": f"{config_id}.json", "RepoTags": ["x:1"], "Layers": ["layer/layer.tar"]}]
+        ).encode(),
+    }
+    archive = tmp_path / "image.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    args = {
+        "archive": str(archive),
+        "archive_sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    assert not run_module("image_delta", {**args, "image_id": f"sha256:{config_id}"}).failed
+    refused = run_module("image_delta", {**args, "image_id": "sha256:" + "0" * 64})
+    assert refused.failed
+    assert refused["msg"] == (
+        f"{archive} holds image sha256:{config_id}, the signed manifest says sha256:{'0' * 64}: "
+        "the archive was altered or belongs to another release; republish the release"
+    )
