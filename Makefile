@@ -9,11 +9,11 @@ DEMO_IMAGE  ?= linkedge/aps-classifier:demo
 export LINKEDGE_WHEELHOUSE := $(abspath $(WHEELHOUSE))
 
 .PHONY: help setup docker base-image wheelhouse test-tools release lint sanity truck-image \
-        molecule-releases molecule molecule-fleet bench test test-unit test-integration demo demo-image clean
+        molecule-releases molecule molecule-fleet molecule-resilience bench test test-unit test-integration demo demo-image clean
 
 help:
 	@echo "make demo   build a release, provision 2 simulated trucks with site.yml, query them"
-	@echo "make test   lint + sanity + every test + molecule (installs what it needs)"
+	@echo "make test   lint + sanity + every test (unit, fuzz, integration, modules) + molecule default, fleet, resilience"
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,10 +67,15 @@ molecule: setup truck-image molecule-releases
 molecule-fleet: setup truck-image molecule-releases
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/molecule test -s fleet
 
+# One simulated truck: power cuts during transfer, load and handover; a full disk.
+molecule-resilience: setup truck-image molecule-releases
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/molecule test -s resilience
+
 test: lint sanity setup docker base-image wheelhouse test-tools release
 	$(BIN)/pytest -q tests
 	$(MAKE) molecule
 	$(MAKE) molecule-fleet
+	$(MAKE) molecule-resilience
 
 # LinkEdge vs MLServer side by side under wrk (about 7 min): bench/results/latest.{json,md,png}.
 bench: setup docker base-image wheelhouse

@@ -21,6 +21,11 @@ description:
     so trucks holding the same layers share one file. When the host has no layer in common, the
     full archive is returned as is (C(full=true)) with O(archive_sha256).
   - Meant to run on the controller (delegate it to C(localhost)); only the Python standard library.
+  - With O(free_bytes) (the target's free space under its Docker root, as measured there, e.g.
+    C(linkedge.edge.edge_facts) C(docker_root_free_bytes)), a target without room for the load is
+    refused before the delta is written or anything is sent. C(docker load) unpacks the whole
+    archive under the Docker root, then stores each missing layer, so the need is the archive's
+    unpacked size plus the layers sent, plus O(min_free).
 options:
   archive:
     description: Path of the release's C(docker save) archive.
@@ -30,6 +35,12 @@ options:
     description: The release's archive digest (returned as C(sha256) when the full archive is used).
     type: str
     required: true
+  image_id:
+    description:
+      - The image ID (C(sha256:...)) the archive must hold, from the release's signed manifest
+        (C(linkedge.edge.release_verify)). An archive whose config is another image fails before
+        a delta is written or anything is sent; check the loaded image ID against it as well.
+    type: str
   have_layers:
     description: Diff IDs (C(sha256:...)) of every layer the target already has
       (C(docker image inspect) C(RootFS.Layers) of its images).
@@ -40,11 +51,28 @@ options:
     description: Directory for the delta archives.
     type: path
     required: true
+  free_bytes:
+    description:
+      - Free bytes under the target's Docker root (C(edge_facts) C(docker_root_free_bytes)).
+      - Without it (or null) the space is not checked here; C(linkedge.edge.image_load) checks it
+        again on the target before loading.
+    type: int
+  min_free:
+    description:
+      - Bytes that must stay free under the target's Docker root after the load (headroom for
+        logs and containers). Accepts units, e.g. C(256M), C(1G).
+    type: bytes
+    default: 256M
+  docker_root:
+    description: The target's Docker root, only used in the refusal message.
+    type: str
+    default: /var/lib/docker
 author:
   - LinkEdge developers (@linkedge)
 attributes:
   check_mode:
-    description: Computes what would be sent without writing the delta.
+    description: Computes what would be sent without writing the delta; a target without
+      room is reported (RV(would_fail)) instead of failing.
     support: full
   diff_mode:
     description: Does not return a diff.
@@ -87,6 +115,36 @@ layers_sent:
   description: Layers in RV(path).
   returned: always
   type: int
+disk_space:
+  description: The space check on the target (when O(free_bytes) was given).
+  returned: when O(free_bytes) is given
+  type: dict
+  contains:
+    docker_root:
+      description: O(docker_root).
+      type: str
+    free_bytes:
+      description: O(free_bytes).
+      type: int
+    needed_bytes:
+      description: RV(disk_space.layer_bytes) + RV(disk_space.min_free_bytes).
+      type: int
+    layer_bytes:
+      description: Peak bytes C(docker load) of RV(path) writes (unpacked archive + layers sent).
+      type: int
+    min_free_bytes:
+      description: O(min_free).
+      type: int
+    enough:
+      description: Whether the target has room.
+      type: bool
+    msg:
+      description: The refusal when not RV(disk_space.enough), else null.
+      type: str
+would_fail:
+  description: Check mode only, true when the target lacks room (a real run fails).
+  returned: always
+  type: bool
 """
 
 import hashlib
@@ -96,6 +154,13 @@ import tarfile
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.linkedge.edge.plugins.module_utils.disk_space import (
+    check as check_space,
+)
+from ansible_collections.linkedge.edge.plugins.module_utils.disk_space import (
+    load_need,
+    read_archive,
+)
 
 
 def _read_member(tar: tarfile.TarFile, name: str) -> bytes:
@@ -131,6 +196,12 @@ def plan(archive: str, have: set[str]) -> tuple[dict, list[str], list[str]]:
     return entry, keep, drop
 
 
+def _config_id(entry: dict) -> str:
+    """The image ID named by a manifest entry's config (`<hex>.json` or `blobs/sha256/<hex>`)."""
+    config = os.path.basename(entry.get("Config") or "")
+    return "sha256:" + (config[: -len(".json")] if config.endswith(".json") else config)
+
+
 def write_delta(archive: str, drop: set[str], dest: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".delta-")
     os.close(fd)
@@ -149,6 +220,29 @@ def write_delta(archive: str, drop: set[str], dest: str) -> None:
             os.unlink(tmp)
 
 
+def space_check(module: AnsibleModule, archive: str, drop: set, have: set, result: dict) -> None:
+    """Refuse (or in check mode report) a target without room for loading what is sent."""
+    try:
+        sizes, layers, diff_ids = read_archive(archive)
+    except (OSError, ValueError, KeyError, tarfile.TarError) as exc:
+        module.fail_json(msg=f"cannot read {archive}: {exc}: export it again", **result)
+    sent = {name: size for name, size in sizes.items() if name not in drop}
+    verdict = check_space(
+        module.params["docker_root"],
+        module.params["free_bytes"],
+        load_need(sent, layers, diff_ids, have),
+        module.params["min_free"],
+    )
+    result["disk_space"] = verdict
+    if verdict["enough"]:
+        return
+    if module.check_mode:
+        result["would_fail"] = True
+        module.warn(verdict["msg"])
+        return
+    module.fail_json(msg=verdict["msg"], **result)
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
@@ -156,6 +250,10 @@ def main() -> None:
             archive_sha256=dict(type="str", required=True),
             have_layers=dict(type="list", elements="str", default=[]),
             cache_dir=dict(type="path", required=True),
+            image_id=dict(type="str"),
+            free_bytes=dict(type="int"),
+            min_free=dict(type="bytes", default="256M"),
+            docker_root=dict(type="str", default="/var/lib/docker"),
         ),
         supports_check_mode=True,
     )
@@ -167,9 +265,21 @@ def main() -> None:
         module.fail_json(
             msg=f"cannot read {archive} as a docker save archive: {exc}: export it again"
         )
+    expected = module.params["image_id"]
+    if expected and _config_id(entry) != "sha256:" + expected.strip().lower().split(":")[-1]:
+        module.fail_json(
+            msg=f"{archive} holds image {_config_id(entry)}, the signed manifest says {expected}: "
+            "the archive was altered or belongs to another release; republish the release"
+        )
     result = dict(
-        changed=False, full=not drop, layers_total=len(keep) + len(drop), layers_sent=len(keep)
+        changed=False,
+        full=not drop,
+        layers_total=len(keep) + len(drop),
+        layers_sent=len(keep),
+        would_fail=False,
     )
+    if module.params["free_bytes"] is not None:
+        space_check(module, archive, set(drop), have, result)
     if not drop:
         module.exit_json(
             path=archive,

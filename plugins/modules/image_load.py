@@ -16,6 +16,10 @@ description:
   - Presence is checked by O(image_id) when given, else by O(image), else by the image ID that
     the archive's C(manifest.json) names (read without loading anything).
   - A digest mismatch fails before anything is loaded.
+  - So does a lack of room. Before loading, the free space under the engine's Docker root
+    (C(docker info) C(DockerRootDir)) must cover what C(docker load) writes there (the archive
+    unpacked, plus the layers the engine lacks) plus O(min_free); otherwise the module fails
+    with the needed and free space and what to do, and nothing is loaded.
 options:
   archive:
     description:
@@ -50,12 +54,21 @@ options:
       - Seconds the Docker engine may take to answer, loading included.
     type: int
     default: 600
+  min_free:
+    description:
+      - Bytes that must stay free under the Docker root after the load (headroom for logs and
+        containers). Accepts units, e.g. C(256M), C(1G).
+      - The check is skipped (with a warning) when the Docker root is not visible from the
+        module, e.g. an engine on another host.
+    type: bytes
+    default: 256M
 requirements:
   - Docker SDK for Python >= 5.0 on the target (C(python3-docker) on Debian and Ubuntu)
   - a running Docker engine
 notes:
   - In check mode the archive's digest is checked when the archive is there; a missing archive
     (not copied yet because the copy task ran in check mode too) only gives a warning.
+  - In check mode a lack of room is reported (RV(would_fail)) instead of failing.
 seealso:
   - module: linkedge.edge.inference_container
 author:
@@ -106,11 +119,50 @@ archive_removed:
   description: Whether the archive was deleted (O(remove_archive)).
   returned: always
   type: bool
+disk_space:
+  description: The space check made before loading.
+  returned: when the image was absent and the archive there
+  type: dict
+  contains:
+    docker_root:
+      description: The engine's Docker root.
+      type: str
+    free_bytes:
+      description: Free bytes under it before loading.
+      type: int
+    needed_bytes:
+      description: RV(disk_space.layer_bytes) + RV(disk_space.min_free_bytes).
+      type: int
+    layer_bytes:
+      description: Peak bytes C(docker load) writes (unpacked archive + layers the engine lacks).
+      type: int
+    min_free_bytes:
+      description: O(min_free).
+      type: int
+    enough:
+      description: Whether there is room.
+      type: bool
+    msg:
+      description: The refusal when not RV(disk_space.enough), else null.
+      type: str
+would_fail:
+  description: Check mode only, true when a real run would fail for lack of room.
+  returned: always
+  type: bool
 """
 
 import os
+import tarfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.linkedge.edge.plugins.module_utils.disk_space import (
+    check as check_space,
+)
+from ansible_collections.linkedge.edge.plugins.module_utils.disk_space import (
+    free_bytes,
+    load_need,
+    read_archive,
+)
 from ansible_collections.linkedge.edge.plugins.module_utils.docker_client import (
     DockerException,
     ImageNotFound,
@@ -156,6 +208,43 @@ def ensure_tag(module: AnsibleModule, image, name: str | None) -> bool:
     return True
 
 
+def engine_layers(client) -> set[str]:
+    """Diff IDs of every layer the engine's images hold."""
+    layers: set[str] = set()
+    for image in client.images.list(all=True):
+        layers.update((image.attrs.get("RootFS") or {}).get("Layers") or [])
+    return layers
+
+
+def check_room(module: AnsibleModule, client, archive: str, result: dict) -> None:
+    """Raise ArchiveError when loading `archive` would eat the headroom (check mode: report
+    would_fail and warn); fills result["disk_space"]."""
+    root = client.info().get("DockerRootDir")
+    free = free_bytes(root)
+    if free is None:
+        module.warn(
+            f"the Docker root {root!r} is not visible from the module: free space not checked"
+        )
+        return
+    try:
+        sizes, layers, diff_ids = read_archive(archive)
+    except (KeyError, ValueError, tarfile.TarError) as exc:
+        raise ArchiveError(f"{archive} is not a `docker save` archive: {exc}") from exc
+    verdict = check_space(
+        root,
+        free,
+        load_need(sizes, layers, diff_ids, engine_layers(client)),
+        module.params["min_free"],
+    )
+    result["disk_space"] = verdict
+    if verdict["enough"]:
+        return
+    if not module.check_mode:
+        raise ArchiveError(verdict["msg"])
+    module.warn(verdict["msg"])
+    result["would_fail"] = True
+
+
 def ensure_loaded(
     module: AnsibleModule, client, expected: str, wanted_id: str | None, result: dict
 ) -> None:
@@ -179,6 +268,7 @@ def ensure_loaded(
         module.warn(f"{archive} is not on the target yet; it would be loaded")
         result["changed"] = True
         return
+    check_room(module, client, archive, result)
     result["archive_sha256"] = actual = sha256_file(archive)
     if actual != expected:
         raise ArchiveError(
@@ -215,6 +305,7 @@ def main() -> None:
             image=dict(type="str"),
             remove_archive=dict(type="bool", default=False),
             timeout=dict(type="int", default=600),
+            min_free=dict(type="bytes", default="256M"),
         ),
         supports_check_mode=True,
     )
@@ -226,7 +317,14 @@ def main() -> None:
     except ArchiveError as exc:
         module.fail_json(msg=f"{exc}: pass the digest published with the release")
     client = get_docker_client(module, timeout=module.params["timeout"])
-    result = dict(changed=False, loaded=False, archive_removed=False, image_id=None, tags=[])
+    result = dict(
+        changed=False,
+        loaded=False,
+        archive_removed=False,
+        image_id=None,
+        tags=[],
+        would_fail=False,
+    )
     try:
         ensure_loaded(module, client, expected, wanted_id, result)
     except ArchiveError as exc:
