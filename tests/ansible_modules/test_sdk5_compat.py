@@ -60,7 +60,8 @@ def test_release_with_docker_sdk_5(docker_client, images, exported, service, sdk
     assert deploy(images.v1)["outcome"] == "updated"
     assert deploy(images.v1)["outcome"] == "unchanged"
     switch = deploy(images.v2)
-    assert switch["outcome"] == "updated" and switch["serving_gap_seconds"] > 0, switch.result
+    assert switch["outcome"] == "updated" and switch["serving_gap_seconds"] == 0.0, switch.result
+    assert switch["handover_seconds"] > 0, switch.result
     rollback = deploy(images.bad, fail_on_rollback=False)
     assert rollback["outcome"] == "rolled_back", rollback.result
     assert docker_client.containers.get(service).attrs["Image"] == images.v2.id
