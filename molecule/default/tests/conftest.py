@@ -19,6 +19,8 @@ PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).paren
 EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
 RELEASES = PROJECT / "build" / "releases"
 SERVICE = "linkedge-inference"
+# The scenario's API token (molecule.yml; a test value, not a secret).
+TOKEN = "molecule-api-token-3f9c2e7a"
 
 # Runs on the truck (stdlib only): POST/GET JSON to the served API, print {"status", "body"}.
 HTTP_CLIENT = r"""
@@ -28,6 +30,8 @@ data = sys.stdin.buffer.read() if method == "POST" else None
 req = urllib.request.Request(url, data=data, method=method)
 if data is not None:
     req.add_header("Content-Type", "application/json")
+if len(sys.argv) > 4:
+    req.add_header("Authorization", "Bearer " + sys.argv[4])
 try:
     with urllib.request.urlopen(req, timeout=float(sys.argv[3])) as r:
         status, body = r.status, r.read()
@@ -75,8 +79,16 @@ def truck(host) -> str:
     return host.backend.host
 
 
-def truck_http(truck: str, method: str, path: str, payload=None, timeout: float = 10.0):
-    """HTTP from inside the truck to its published API; returns (status, body)."""
+def truck_http(
+    truck: str,
+    method: str,
+    path: str,
+    payload=None,
+    timeout: float = 10.0,
+    token: str | None = TOKEN,
+):
+    """HTTP from inside the truck to its API (with the scenario's bearer token unless
+    `token` is None); returns (status, body)."""
     result = subprocess.run(
         [
             "docker",
@@ -89,6 +101,7 @@ def truck_http(truck: str, method: str, path: str, payload=None, timeout: float 
             method,
             f"http://127.0.0.1:8080{path}",
             str(timeout),
+            *([token] if token else []),
         ],
         input=json.dumps(payload).encode() if payload is not None else b"",
         capture_output=True,
