@@ -39,7 +39,11 @@ except urllib.error.HTTPError as e:
     status, body = e.code, e.read()
 except OSError as e:
     status, body = 0, json.dumps(str(e)).encode()
-print(json.dumps({"status": status, "body": json.loads(body or b"null")}))
+try:
+    decoded = json.loads(body or b"null")
+except ValueError:  # /metrics is Prometheus text
+    decoded = body.decode("utf-8", "replace")
+print(json.dumps({"status": status, "body": decoded}))
 """
 
 
