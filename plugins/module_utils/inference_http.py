@@ -49,6 +49,19 @@ def _decode(body: bytes) -> object:
         return body.decode("utf-8", "replace")
 
 
+class TokenFileError(Exception):
+    """The API token file cannot be read; the message names it."""
+
+
+def read_token_file(path: str) -> str:
+    """The bearer token in `path` (surrounding whitespace removed; may be empty)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except OSError as exc:
+        raise TokenFileError(f"cannot read api_token_file {path}: {exc.strerror or exc}") from exc
+
+
 def auth_headers(token: str | None) -> dict:
     return {"Authorization": f"Bearer {token}"} if token else {}
 

@@ -46,8 +46,10 @@ from ansible_collections.linkedge.edge.plugins.module_utils.image_files import (
 )
 from ansible_collections.linkedge.edge.plugins.module_utils.inference_http import (
     NotReady,
+    TokenFileError,
     base_url,
     check_smoke_vectors,
+    read_token_file,
     served_model_version,
     wait_ready,
 )
@@ -300,7 +302,7 @@ class InferenceSwitch:
             if new is not None:
                 new.remove(force=True)
                 self.step(f"removed the failed {self.name}")
-            self._restore(current, serving)
+            self._restore(current)
             after = (
                 "the previous container never stopped serving"
                 if serving
@@ -333,7 +335,7 @@ class InferenceSwitch:
             reason=None,
         )
 
-    def _restore(self, current, serving: bool) -> None:
+    def _restore(self, current) -> None:
         """Give the previous container its name back; it kept serving (or was not running)."""
         if current is None:
             return
@@ -352,11 +354,11 @@ def read_token(path: str | None) -> str | None:
     if not path:
         return None
     try:
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
+        token = read_token_file(path)
+    except TokenFileError as exc:
         raise SwitchFailed(
-            f"cannot read api_token_file {path}: {exc.strerror}; write the token there first "
-            "(the inference_service role does, from inference_service_api_token)"
+            f"{exc}; write the token there first (the inference_service role does, from "
+            "inference_service_api_token)"
         ) from exc
     if not token:
         raise SwitchFailed(f"api_token_file {path} is empty: the API would accept no token")

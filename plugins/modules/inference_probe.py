@@ -135,9 +135,11 @@ from ansible_collections.linkedge.edge.plugins.module_utils.inference_http impor
     LIVE_PATH,
     HttpFailure,
     NotReady,
+    TokenFileError,
     check_ready,
     check_smoke_vectors,
     http_json,
+    read_token_file,
     served_model_version,
     wait_ready,
 )
@@ -193,10 +195,9 @@ def main() -> None:
     token = None
     if params["api_token_file"]:
         try:
-            with open(params["api_token_file"], encoding="utf-8") as handle:
-                token = handle.read().strip()
-        except OSError as exc:
-            module.fail_json(msg=f"cannot read api_token_file {params['api_token_file']}: {exc}")
+            token = read_token_file(params["api_token_file"])
+        except TokenFileError as exc:
+            module.fail_json(msg=str(exc))
     expected = (
         expected_from(module, params["smoke_vectors_from"])
         if params["smoke_vectors_from"]
