@@ -188,6 +188,14 @@ def run(
     _LinkEdgeApplication(bundle_path, config, options).run()
 
 
+def tcp_port_env(env: Mapping[str, str], name: str, default: int) -> int:
+    """A TCP port from the environment, else ValueError naming the variable."""
+    port = positive_int_env(env, name, default)
+    if port > 65535:
+        raise ValueError(f"{name} must be a TCP port (1-65535), got {port}")
+    return port
+
+
 def run_from_env(environ: Mapping[str, str] | None = None) -> None:
     """The container entrypoint: LINKEDGE_BUNDLE, LINKEDGE_HOST, LINKEDGE_PORT,
     LINKEDGE_REUSE_PORT, LINKEDGE_CHECK_PORT, LINKEDGE_WORKERS, LINKEDGE_WORKER_CLASS,
@@ -195,14 +203,10 @@ def run_from_env(environ: Mapping[str, str] | None = None) -> None:
     or bundle exits with status 2 and a one-line message."""
     env = os.environ if environ is None else environ
     try:
-        port = positive_int_env(env, "LINKEDGE_PORT", DEFAULT_PORT)
-        if port > 65535:
-            raise ValueError(f"LINKEDGE_PORT must be a TCP port (1-65535), got {port}")
+        port = tcp_port_env(env, "LINKEDGE_PORT", DEFAULT_PORT)
         workers_raw = env.get("LINKEDGE_WORKERS", "").strip()
         check_raw = env.get("LINKEDGE_CHECK_PORT", "").strip()
-        check_port = positive_int_env(env, "LINKEDGE_CHECK_PORT", 1) if check_raw else None
-        if check_port is not None and check_port > 65535:
-            raise ValueError(f"LINKEDGE_CHECK_PORT must be a TCP port (1-65535), got {check_port}")
+        check_port = tcp_port_env(env, "LINKEDGE_CHECK_PORT", 1) if check_raw else None
         reuse_raw = env.get("LINKEDGE_REUSE_PORT", "0").strip()
         if reuse_raw not in ("0", "1"):
             raise ValueError(f"LINKEDGE_REUSE_PORT must be 0 or 1, got {reuse_raw!r}")

@@ -19,7 +19,6 @@ ROLE_CANDIDATE = "candidate"
 ROLE_PREVIOUS = "previous"  # a demoted container is recognised by its name, see previous_name()
 
 # What the serving image provides.
-CONTAINER_PORT = 8080
 API_TOKEN_MOUNT = "/run/secrets/linkedge-api-token"
 MODEL_NAME = "aps-classifier"
 BUNDLE_DIR = "/opt/linkedge/model"
