@@ -19,9 +19,8 @@ options:
     description: Name of the serving container.
     type: str
     default: linkedge-inference
-requirements:
-  - Docker SDK for Python >= 5.0 on the target (C(python3-docker) on Debian and Ubuntu)
-  - a running Docker engine
+extends_documentation_fragment:
+  - linkedge.edge.docker
 seealso:
   - module: linkedge.edge.inference_container
 author:
@@ -30,9 +29,6 @@ attributes:
   check_mode:
     description: Runs in check mode exactly as without it (it only reads).
     support: full
-  diff_mode:
-    description: Does not return a diff.
-    support: none
   facts:
     description: Returns C(ansible_facts.linkedge).
     support: full

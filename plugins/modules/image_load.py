@@ -62,9 +62,8 @@ options:
         module, e.g. an engine on another host.
     type: bytes
     default: 256M
-requirements:
-  - Docker SDK for Python >= 5.0 on the target (C(python3-docker) on Debian and Ubuntu)
-  - a running Docker engine
+extends_documentation_fragment:
+  - linkedge.edge.docker
 notes:
   - In check mode the archive's digest is checked when the archive is there; a missing archive
     (not copied yet because the copy task ran in check mode too) only gives a warning.
@@ -77,9 +76,6 @@ attributes:
   check_mode:
     description: Can run in check mode and report what would change without changing it.
     support: full
-  diff_mode:
-    description: Does not return a diff.
-    support: none
 """
 
 EXAMPLES = r"""

@@ -54,9 +54,8 @@ options:
     description: Seconds the Docker engine may take to answer.
     type: int
     default: 120
-requirements:
-  - Docker SDK for Python >= 5.0 on the target (C(python3-docker) on Debian and Ubuntu)
-  - a running Docker engine
+extends_documentation_fragment:
+  - linkedge.edge.docker
 seealso:
   - module: linkedge.edge.inference_container
   - module: linkedge.edge.edge_facts
@@ -66,9 +65,6 @@ attributes:
   check_mode:
     description: Reports what would be removed and an estimate of the bytes it would free.
     support: full
-  diff_mode:
-    description: Does not return a diff.
-    support: none
 """
 
 EXAMPLES = r"""

@@ -129,9 +129,8 @@ options:
         C(max_fail_percentage)). The result fields are returned either way.
     type: bool
     default: true
-requirements:
-  - Docker SDK for Python >= 5.0 on the target (C(python3-docker) on Debian and Ubuntu)
-  - a running Docker engine
+extends_documentation_fragment:
+  - linkedge.edge.docker
 notes:
   - The module talks to the containers over HTTP from the target itself, on 127.0.0.1 (the
     candidate's port, the new container's check port).
@@ -147,9 +146,6 @@ attributes:
   check_mode:
     description: Can run in check mode and report what would change without changing it.
     support: full
-  diff_mode:
-    description: Does not return a diff.
-    support: none
 """
 
 EXAMPLES = r"""
