@@ -10,10 +10,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "resources" / "tests"))
+from truck_api import Release  # shared with the other scenarios' tests
+from truck_api import truck_http as shared_truck_http
 
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
 EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
@@ -21,43 +26,6 @@ RELEASES = PROJECT / "build" / "releases"
 SERVICE = "linkedge-inference"
 # The scenario's API token (molecule.yml; a test value, not a secret).
 TOKEN = "molecule-api-token-3f9c2e7a"
-
-# Runs on the truck (stdlib only): POST/GET JSON to the served API, print {"status", "body"}.
-HTTP_CLIENT = r"""
-import json, sys, urllib.error, urllib.request
-method, url = sys.argv[1], sys.argv[2]
-data = sys.stdin.buffer.read() if method == "POST" else None
-req = urllib.request.Request(url, data=data, method=method)
-if data is not None:
-    req.add_header("Content-Type", "application/json")
-if len(sys.argv) > 4:
-    req.add_header("Authorization", "Bearer " + sys.argv[4])
-try:
-    with urllib.request.urlopen(req, timeout=float(sys.argv[3])) as r:
-        status, body = r.status, r.read()
-except urllib.error.HTTPError as e:
-    status, body = e.code, e.read()
-except OSError as e:
-    status, body = 0, json.dumps(str(e)).encode()
-try:
-    decoded = json.loads(body or b"null")
-except ValueError:  # /metrics is Prometheus text
-    decoded = body.decode("utf-8", "replace")
-print(json.dumps({"status": status, "body": decoded}))
-"""
-
-
-class Release:
-    """A release directory written by scripts/molecule-releases.sh."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.name = path.name
-        self.image = json.loads((path / "image.json").read_text())
-        self.model_version = self.image["model_version"]
-        self.image_id = self.image["image_id"]
-        self.smoke_vectors = json.loads((path / "bundle" / "smoke_vectors.json").read_text())
-        self.features = json.loads((path / "bundle" / "schema.json").read_text())["features"]
 
 
 @pytest.fixture(scope="session")
@@ -93,27 +61,7 @@ def truck_http(
 ):
     """HTTP from inside the truck to its API (with the scenario's bearer token unless
     `token` is None); returns (status, body)."""
-    result = subprocess.run(
-        [
-            "docker",
-            "exec",
-            "-i",
-            truck,
-            "python3",
-            "-c",
-            HTTP_CLIENT,
-            method,
-            f"http://127.0.0.1:8080{path}",
-            str(timeout),
-            *([token] if token else []),
-        ],
-        input=json.dumps(payload).encode() if payload is not None else b"",
-        capture_output=True,
-        check=True,
-        timeout=timeout + 30,
-    )
-    answer = json.loads(result.stdout)
-    return answer["status"], answer["body"]
+    return shared_truck_http(truck, method, path, payload, timeout, token)
 
 
 def wait_ready(truck: str, timeout: float = 120.0) -> float:

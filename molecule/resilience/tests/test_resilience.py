@@ -21,10 +21,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "resources" / "tests"))
+from truck_api import Release  # shared with the other scenarios' tests
+from truck_api import truck_http as shared_truck_http
 
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
 EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
@@ -37,41 +42,7 @@ FILL = f"{DOCKER_ROOT}/linkedge-fill"
 MIB = 1 << 20
 FIGURES: dict = {}
 
-# Runs on the truck (stdlib only): one HTTP request to the served API, prints {"status", "body"}.
-HTTP_CLIENT = r"""
-import json, sys, urllib.error, urllib.request
-method, url = sys.argv[1], sys.argv[2]
-data = sys.stdin.buffer.read() if method == "POST" else None
-req = urllib.request.Request(url, data=data, method=method)
-if data is not None:
-    req.add_header("Content-Type", "application/json")
-try:
-    with urllib.request.urlopen(req, timeout=float(sys.argv[3])) as r:
-        status, body = r.status, r.read()
-except urllib.error.HTTPError as e:
-    status, body = e.code, e.read()
-except OSError as e:
-    status, body = 0, json.dumps(str(e)).encode()
-try:
-    body = json.loads(body or b"null")
-except ValueError:
-    body = body.decode(errors="replace")
-print(json.dumps({"status": status, "body": body}))
-"""
-
-
-class Release:
-    def __init__(self, name: str):
-        path = RELEASES / name
-        self.name = name
-        self.image = json.loads((path / "image.json").read_text())
-        self.model_version = self.image["model_version"]
-        self.image_id = self.image["image_id"]
-        self.smoke_vectors = json.loads((path / "bundle" / "smoke_vectors.json").read_text())
-        self.features = json.loads((path / "bundle" / "schema.json").read_text())["features"]
-
-
-V1, V2 = Release("v1"), Release("v2")
+V1, V2 = Release(RELEASES / "v1"), Release(RELEASES / "v2")
 BY_VERSION = {V1.model_version: V1, V2.model_version: V2}
 
 
@@ -85,27 +56,7 @@ def on_truck(*argv: str, check: bool = True, timeout: float = 60) -> str:
 
 
 def truck_http(method: str, path: str, payload=None, timeout: float = 5.0):
-    done = subprocess.run(
-        [
-            "docker",
-            "exec",
-            "-i",
-            TRUCK,
-            "python3",
-            "-c",
-            HTTP_CLIENT,
-            method,
-            f"http://127.0.0.1:8080{path}",
-            str(timeout),
-        ],
-        input=json.dumps(payload).encode() if payload is not None else b"",
-        capture_output=True,
-        timeout=timeout + 30,
-    )
-    if done.returncode != 0:
-        return 0, done.stderr.decode(errors="replace")
-    answer = json.loads(done.stdout)
-    return answer["status"], answer["body"]
+    return shared_truck_http(TRUCK, method, path, payload, timeout, check=False)
 
 
 def served() -> str:

@@ -1,0 +1,83 @@
+"""Shared by the scenarios' tests: a release directory, and HTTP to a simulated truck's API
+made on the truck itself (`docker exec -i <truck> python3 -`), where the API listens on
+127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+# Runs on the truck (stdlib only): one request; prints {"status", "body"} (JSON bodies decoded,
+# others as text, e.g. /metrics); the optional 4th argument is sent as a bearer token.
+HTTP_CLIENT = r"""
+import json, sys, urllib.error, urllib.request
+method, url = sys.argv[1], sys.argv[2]
+data = sys.stdin.buffer.read() if method == "POST" else None
+req = urllib.request.Request(url, data=data, method=method)
+if data is not None:
+    req.add_header("Content-Type", "application/json")
+if len(sys.argv) > 4:
+    req.add_header("Authorization", "Bearer " + sys.argv[4])
+try:
+    with urllib.request.urlopen(req, timeout=float(sys.argv[3])) as r:
+        status, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    status, body = e.code, e.read()
+except OSError as e:
+    status, body = 0, json.dumps(str(e)).encode()
+try:
+    decoded = json.loads(body or b"null")
+except ValueError:
+    decoded = body.decode("utf-8", "replace")
+print(json.dumps({"status": status, "body": decoded}))
+"""
+
+
+class Release:
+    """A release directory written by scripts/molecule-releases.sh."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.name = path.name
+        self.image = json.loads((path / "image.json").read_text())
+        self.model_version = self.image["model_version"]
+        self.image_id = self.image["image_id"]
+        self.smoke_vectors = json.loads((path / "bundle" / "smoke_vectors.json").read_text())
+        self.features = json.loads((path / "bundle" / "schema.json").read_text())["features"]
+
+
+def truck_http(
+    truck: str,
+    method: str,
+    path: str,
+    payload=None,
+    timeout: float = 10.0,
+    token: str | None = None,
+    check: bool = True,
+):
+    """(status, body) of one request from inside `truck` to its API on 127.0.0.1:8080. When
+    `docker exec` itself fails: CalledProcessError with `check`, else (0, its stderr)."""
+    done = subprocess.run(
+        [
+            "docker",
+            "exec",
+            "-i",
+            truck,
+            "python3",
+            "-c",
+            HTTP_CLIENT,
+            method,
+            f"http://127.0.0.1:8080{path}",
+            str(timeout),
+            *([token] if token else []),
+        ],
+        input=json.dumps(payload).encode() if payload is not None else b"",
+        capture_output=True,
+        check=check,
+        timeout=timeout + 30,
+    )
+    if done.returncode != 0:
+        return 0, done.stderr.decode(errors="replace")
+    answer = json.loads(done.stdout)
+    return answer["status"], answer["body"]
