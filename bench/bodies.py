@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 
 from inference_image.bundle import ModelBundle
+from inference_image.contract import INFER_PATH
 from inference_image.predictor import NativePredictor
 from inference_image.serving.model import check_smoke_vectors
 
-MODEL_NAME = "aps-classifier"
-INFER_PATH = f"/v2/models/{MODEL_NAME}/infer"
 BINARY_HEADER = "Inference-Header-Content-Length"
 
 

@@ -20,7 +20,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .bodies import MODEL_NAME
+from inference_image.contract import ENV_HOST, ENV_PORT, MODEL_NAME, hardened_run_flags
+
 from .procs import process_tree
 
 READY_TIMEOUT = 120.0
@@ -73,13 +74,10 @@ class LinkEdgeContainer:
             "run",
             "--detach",
             "--network=host",
-            "--read-only",
-            "--tmpfs=/tmp:rw,noexec,nosuid,size=64m",
-            "--cap-drop=ALL",
-            "--security-opt=no-new-privileges",
+            *hardened_run_flags(),
             "--label=io.linkedge.bench=1",
-            "--env=LINKEDGE_HOST=127.0.0.1",
-            f"--env=LINKEDGE_PORT={self.port}",
+            f"--env={ENV_HOST}=127.0.0.1",
+            f"--env={ENV_PORT}={self.port}",
             f"--env=LINKEDGE_WORKERS={self.workers}",
             self.image,
         ]

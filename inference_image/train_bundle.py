@@ -13,13 +13,13 @@ import numpy as np
 import xgboost as xgb
 
 from .bundle import ModelBundle, load_bundle, write_bundle
+from .contract import MODEL_NAME
 from .cost import FALSE_NEGATIVE_COST, FALSE_POSITIVE_COST
 from .data import ApsDataset, find_test_file, find_training_file, load_aps_csv
 from .schema import APS_FEATURES
 from .smoke_vectors import build_smoke_vectors, edge_rows, select_rows
 from .training import TrainingParams, out_of_fold_evaluation, train_final
 
-MODEL_NAME = "aps-classifier"
 SMOKE_VECTOR_COUNT = 30
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,15 @@ import docker
 import docker.errors
 import docker.models.containers
 
-CONTAINER_PORT = 8080
-TOLERANCE = 1e-6
+from ..contract import (
+    DEFAULT_PORT,
+    HARDENED_RUN,
+    READY_PATH,
+    TMPFS_OPTIONS,
+    check_smoke_vectors_over_http,
+)
+
+CONTAINER_PORT = DEFAULT_PORT
 
 
 class SmokeTestError(RuntimeError):
@@ -59,7 +66,7 @@ def wait_ready(base_url: str, timeout: float = 60.0, container=None) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         try:
-            status, _ = http_json(f"{base_url}/v2/health/ready", timeout=1.0)
+            status, _ = http_json(base_url + READY_PATH, timeout=1.0)
             if status == 200:
                 return time.monotonic() - started
         except (urllib.error.URLError, ConnectionError, OSError):
@@ -87,10 +94,8 @@ def start_service(
         image,
         name=name,
         ports={f"{CONTAINER_PORT}/tcp": ("127.0.0.1", host_port)},
-        read_only=True,
-        tmpfs={"/tmp": "rw,noexec,nosuid,size=64m"},
-        cap_drop=["ALL"],
-        security_opt=["no-new-privileges"],
+        tmpfs={"/tmp": f"{TMPFS_OPTIONS},size=64m"},
+        **HARDENED_RUN,
         environment=environment or {},
     )
     try:
@@ -106,41 +111,10 @@ def start_service(
 
 
 def check_smoke_vectors(base_url: str, smoke_vectors: list[dict[str, Any]], features) -> list[str]:
-    """Send every smoke vector through /predict and V2 infer; return the mismatches."""
-    mismatches: list[str] = []
-    records = [
-        {name: value for name, value in zip(features, vector["inputs"], strict=True)}
-        for vector in smoke_vectors
-    ]
-    status, body = http_json(f"{base_url}/predict", {"instances": records})
-    if status != 200:
-        return [f"/predict answered {status}: {body}"]
-    for index, (vector, got) in enumerate(zip(smoke_vectors, body["predictions"], strict=True)):
-        if (
-            got["label"] != vector["label"]
-            or abs(got["probability"] - vector["probability"]) > TOLERANCE
-        ):
-            mismatches.append(f"/predict vector {index}: expected {vector}, got {got}")
-    tensor = [value for vector in smoke_vectors for value in vector["inputs"]]
-    request = {
-        "inputs": [
-            {
-                "name": "input-0",
-                "shape": [len(smoke_vectors), len(features)],
-                "datatype": "FP32",
-                "data": tensor,
-            }
-        ]
-    }
-    status, body = http_json(f"{base_url}/v2/models/aps-classifier/infer", request)
-    if status != 200:
-        return [*mismatches, f"V2 infer answered {status}: {body}"]
-    outputs = {output["name"]: output["data"] for output in body["outputs"]}
-    for index, vector in enumerate(smoke_vectors):
-        probability, label = outputs["probability"][index], outputs["label"][index]
-        if label != vector["label"] or abs(probability - vector["probability"]) > TOLERANCE:
-            mismatches.append(
-                f"V2 infer vector {index}: expected {vector['probability']}, "
-                f"{vector['label']}; got {probability}, {label}"
-            )
-    return mismatches
+    """Send every smoke vector through /predict and V2 infer (the contract's one check, the
+    same the collection runs on a truck); return the mismatches."""
+
+    def post(path: str, payload: dict[str, Any]) -> tuple[int, Any]:
+        return http_json(base_url + path, payload)
+
+    return check_smoke_vectors_over_http(post, smoke_vectors, list(features))

@@ -14,37 +14,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from inference_image import contract
+
 from .validation import PayloadError
 
-TOKEN_FILE_ENV = "LINKEDGE_API_TOKEN_FILE"
+TOKEN_FILE_ENV = contract.ENV_TOKEN_FILE
 SCHEME = "Bearer"
 _CHALLENGE = f'{SCHEME} realm="linkedge"'
 _INVALID = f'{SCHEME} realm="linkedge", error="invalid_token"'
-MAX_TOKEN_BYTES = 4096
 
 
 def read_token_file(path: Path) -> bytes:
-    """The token in ``path`` (surrounding whitespace, such as a final newline, dropped).
-
-    ValueError naming the variable and the file when it cannot be read, is empty, or holds
-    anything but one printable ASCII word (what an HTTP header can carry).
-    """
-    where = f"{TOKEN_FILE_ENV} ({path})"
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_TOKEN_BYTES + 1)
-    except OSError as exc:
-        raise ValueError(f"{where} cannot be read: {exc.strerror or exc}") from None
-    if len(raw) > MAX_TOKEN_BYTES:
-        raise ValueError(f"{where} is larger than {MAX_TOKEN_BYTES} bytes; expected one token")
-    token = raw.strip()
-    if not token:
-        raise ValueError(f"{where} is empty; expected the API token")
-    if not all(0x21 <= byte <= 0x7E for byte in token):
-        raise ValueError(
-            f"{where} must hold one token of printable ASCII characters without spaces"
-        )
-    return token
+    """The token in ``path`` (the contract's one reader: surrounding whitespace, such as a
+    final newline, dropped). ValueError naming the variable and the file when it cannot be
+    read, is empty, or holds anything but one printable ASCII word."""
+    return contract.read_token_file(path, setting=TOKEN_FILE_ENV).encode("ascii")
 
 
 class BearerAuth:

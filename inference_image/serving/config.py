@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from inference_image.contract import MODEL_NAME
+
 from .auth import TOKEN_FILE_ENV, read_token_file
 
 MiB = 1 << 20
@@ -32,7 +34,7 @@ def positive_int_env(environ: Mapping[str, str], name: str, default: int) -> int
 
 @dataclass(frozen=True)
 class ServingConfig:
-    model_name: str = "aps-classifier"
+    model_name: str = MODEL_NAME
     max_body_bytes: int = 8 * MiB
     max_rows: int = 10_000
     xgboost_nthread: int = 1

@@ -7,13 +7,14 @@ import logging
 import numpy as np
 
 from inference_image.bundle import ModelBundle
+from inference_image.contract import SMOKE_TOLERANCE, smoke_mismatch
 from inference_image.predictor import NativePredictor
 
 from .config import ServingConfig
 
 log = logging.getLogger("linkedge.serving")
 
-SMOKE_TOLERANCE = 1e-6
+__all__ = ["SMOKE_TOLERANCE", "ServedModel", "check_smoke_vectors"]
 
 
 def check_smoke_vectors(bundle: ModelBundle, predictor: NativePredictor) -> str | None:
@@ -25,20 +26,17 @@ def check_smoke_vectors(bundle: ModelBundle, predictor: NativePredictor) -> str 
     for index, vector in enumerate(vectors):
         try:
             inputs = vector["inputs"]
-            expected = float(vector["probability"])
-            expected_label = vector["label"]
+            float(vector["probability"])  # the expected answer must be a number and a label
+            str(vector["label"])
             if len(inputs) != width:
                 return f"smoke vector {index} has {len(inputs)} inputs, expected {width}"
             row = np.array([inputs], dtype=np.float64).astype(np.float32)
         except (KeyError, TypeError, ValueError) as exc:
             return f"smoke vector {index} is malformed: {exc!r}"
         probability = float(predictor.predict_proba(row)[0])
-        label = bundle.label_for(probability)
-        if abs(probability - expected) > SMOKE_TOLERANCE or label != expected_label:
-            return (
-                f"smoke vector {index}: expected probability {expected!r} (label "
-                f"{expected_label!r}), the model gives {probability!r} (label {label!r})"
-            )
+        problem = smoke_mismatch("smoke", index, vector, probability, bundle.label_for(probability))
+        if problem:
+            return problem
     return None
 
 

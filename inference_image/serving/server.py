@@ -26,12 +26,13 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from inference_image import contract
 from inference_image.bundle import BundleError, load_bundle
 
 from .config import STUCK_WORKER_GRACE_SECONDS, ServingConfig, positive_int_env
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # duplicated: importing .metrics would be too early
-DEFAULT_BUNDLE = "/opt/linkedge/model"
+DEFAULT_BUNDLE = contract.BUNDLE_DIR
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8080
 KEEPALIVE_SECONDS = 5
@@ -203,16 +204,16 @@ def run_from_env(environ: Mapping[str, str] | None = None) -> None:
     or bundle exits with status 2 and a one-line message."""
     env = os.environ if environ is None else environ
     try:
-        port = tcp_port_env(env, "LINKEDGE_PORT", DEFAULT_PORT)
+        port = tcp_port_env(env, contract.ENV_PORT, DEFAULT_PORT)
         workers_raw = env.get("LINKEDGE_WORKERS", "").strip()
-        check_raw = env.get("LINKEDGE_CHECK_PORT", "").strip()
-        check_port = tcp_port_env(env, "LINKEDGE_CHECK_PORT", 1) if check_raw else None
-        reuse_raw = env.get("LINKEDGE_REUSE_PORT", "0").strip()
+        check_raw = env.get(contract.ENV_CHECK_PORT, "").strip()
+        check_port = tcp_port_env(env, contract.ENV_CHECK_PORT, 1) if check_raw else None
+        reuse_raw = env.get(contract.ENV_REUSE_PORT, "0").strip()
         if reuse_raw not in ("0", "1"):
-            raise ValueError(f"LINKEDGE_REUSE_PORT must be 0 or 1, got {reuse_raw!r}")
+            raise ValueError(f"{contract.ENV_REUSE_PORT} must be 0 or 1, got {reuse_raw!r}")
         run(
-            Path(env.get("LINKEDGE_BUNDLE") or DEFAULT_BUNDLE),
-            host=env.get("LINKEDGE_HOST") or DEFAULT_HOST,
+            Path(env.get(contract.ENV_BUNDLE) or DEFAULT_BUNDLE),
+            host=env.get(contract.ENV_HOST) or DEFAULT_HOST,
             port=port,
             workers=positive_int_env(env, "LINKEDGE_WORKERS", 1) if workers_raw else None,
             timeout=positive_int_env(env, "LINKEDGE_REQUEST_TIMEOUT", 30),

@@ -18,21 +18,23 @@ import json
 import re
 import socket
 
-from ansible_collections.linkedge.edge.plugins.module_utils.constants import (
+from ansible_collections.linkedge.edge.plugins.module_utils.contract import (
     API_TOKEN_MOUNT,
+    ENV_CHECK_PORT,
+    ENV_HOST,
+    ENV_PORT,
+    ENV_REUSE_PORT,
+    ENV_TOKEN_FILE,
+    HARDENED_RUN,
     IMAGE_LABELS,
     LABEL_CONFIG_SHA256,
     LABEL_ROLE,
     LABEL_SERVICE,
     ROLE_CANDIDATE,
     ROLE_SERVING,
+    TMPFS_OPTIONS,
 )
 
-ENV_HOST = "LINKEDGE_HOST"
-ENV_PORT = "LINKEDGE_PORT"
-ENV_CHECK_PORT = "LINKEDGE_CHECK_PORT"
-ENV_REUSE_PORT = "LINKEDGE_REUSE_PORT"
-ENV_TOKEN_FILE = "LINKEDGE_API_TOKEN_FILE"
 MANAGED_ENV = (ENV_HOST, ENV_PORT, ENV_CHECK_PORT, ENV_REUSE_PORT, ENV_TOKEN_FILE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _ROOT_USERS = ("", "0", "root")
@@ -152,10 +154,8 @@ def create_kwargs(
         "labels": labels,
         "network_mode": "host",
         "volumes": mounts,
-        "read_only": True,
-        "tmpfs": {"/tmp": f"rw,noexec,nosuid,nodev,size={spec['tmpfs_bytes']}"},
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges"],
+        "tmpfs": {"/tmp": f"{TMPFS_OPTIONS},size={spec['tmpfs_bytes']}"},
+        **HARDENED_RUN,
         "mem_limit": spec["memory"],
         "memswap_limit": spec["memory"],
         "nano_cpus": spec["nano_cpus"],

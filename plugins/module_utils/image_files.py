@@ -9,7 +9,7 @@ import json
 import posixpath
 import tarfile
 
-from ansible_collections.linkedge.edge.plugins.module_utils.constants import (
+from ansible_collections.linkedge.edge.plugins.module_utils.contract import (
     BUNDLE_DIR,
     LABEL_ROLE,
     SCHEMA_FILE,

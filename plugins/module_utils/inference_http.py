@@ -12,16 +12,13 @@ from urllib.error import HTTPError, URLError
 
 from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
 from ansible.module_utils.urls import open_url
-from ansible_collections.linkedge.edge.plugins.module_utils.constants import MODEL_NAME
+from ansible_collections.linkedge.edge.plugins.module_utils.contract import (
+    METADATA_PATH,
+    READY_PATH,
+    check_smoke_vectors_over_http,
+)
 
-TOLERANCE = 1e-6  # on probabilities; labels must match exactly
 NOT_READY_GRACE = 3.0  # a 503 with a reason that lasts this long is the server's final word
-MAX_MISMATCHES_PER_API = 10
-LIVE_PATH = "/v2/health/live"
-READY_PATH = "/v2/health/ready"
-PREDICT_PATH = "/predict"
-METADATA_PATH = "/v2/models/" + MODEL_NAME
-INFER_PATH = METADATA_PATH + "/infer"
 
 
 class HttpFailure(Exception):
@@ -47,19 +44,6 @@ def _decode(body: bytes) -> object:
         return json.loads(body or b"null")
     except ValueError:
         return body.decode("utf-8", "replace")
-
-
-class TokenFileError(Exception):
-    """The API token file cannot be read; the message names it."""
-
-
-def read_token_file(path: str) -> str:
-    """The bearer token in `path` (surrounding whitespace removed; may be empty)."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read().strip()
-    except OSError as exc:
-        raise TokenFileError(f"cannot read api_token_file {path}: {exc.strerror or exc}") from exc
 
 
 def auth_headers(token: str | None) -> dict:
@@ -150,83 +134,17 @@ def served_model_version(url: str, timeout: float = 5.0) -> str | None:
     return versions[0]
 
 
-def _wrong(expected: dict, probability, label) -> bool:
-    if label != expected.get("label"):
-        return True
-    try:
-        return abs(float(probability) - float(expected["probability"])) > TOLERANCE
-    except (TypeError, ValueError, KeyError):
-        return True
-
-
-def _predict_mismatches(url: str, vectors: list, features: list, timeout: float, token) -> list:
-    records = [
-        {name: vector["inputs"][column] for column, name in enumerate(features)}
-        for vector in vectors
-    ]
-    status, body = http_json(
-        url + PREDICT_PATH, {"instances": records}, timeout=timeout, token=token
-    )
-    predictions = body.get("predictions") if isinstance(body, dict) else None
-    if status != 200 or not isinstance(predictions, list) or len(predictions) != len(vectors):
-        return [f"{PREDICT_PATH} answered {status}: {str(body)[:300]}"]
-    mismatches = []
-    for index, vector in enumerate(vectors):
-        got = predictions[index] if isinstance(predictions[index], dict) else {}
-        if _wrong(vector, got.get("probability"), got.get("label")):
-            mismatches.append(
-                f"{PREDICT_PATH} vector {index}: expected {vector['probability']!r} "
-                f"{vector['label']}, got {got.get('probability')!r} {got.get('label')}"
-            )
-    return mismatches
-
-
-def _infer_mismatches(url: str, vectors: list, features: list, timeout: float, token) -> list:
-    request = {
-        "inputs": [
-            {
-                "name": "input-0",
-                "shape": [len(vectors), len(features)],
-                "datatype": "FP32",
-                "data": [value for vector in vectors for value in vector["inputs"]],
-            }
-        ]
-    }
-    status, body = http_json(url + INFER_PATH, request, timeout=timeout, token=token)
-    try:
-        outputs = {output["name"]: output["data"] for output in body["outputs"]}
-        probabilities, labels = outputs["probability"], outputs["label"]
-        if status != 200 or len(probabilities) != len(vectors) or len(labels) != len(vectors):
-            raise ValueError("wrong status or length")
-    except (KeyError, TypeError, ValueError):
-        return [f"{INFER_PATH} answered {status}: {str(body)[:300]}"]
-    mismatches = []
-    for index, vector in enumerate(vectors):
-        if _wrong(vector, probabilities[index], labels[index]):
-            mismatches.append(
-                f"{INFER_PATH} vector {index}: expected {vector['probability']!r} "
-                f"{vector['label']}, got {probabilities[index]!r} {labels[index]}"
-            )
-    return mismatches
-
-
-def _capped(mismatches: list, path: str, limit: int) -> list:
-    if len(mismatches) <= limit:
-        return mismatches
-    return [*mismatches[:limit], f"{path}: ... and {len(mismatches) - limit} more"]
-
-
 def check_smoke_vectors(
     url: str, vectors: list, features: list, timeout: float = 10.0, token: str | None = None
 ) -> list:
-    """Every smoke vector through /predict and V2 infer; the mismatches (at most
-    MAX_MISMATCHES_PER_API listed per API, plus a count of the rest), empty when both APIs give
-    exactly the expected outputs. `token`: the API's bearer token, if it requires one."""
+    """Every smoke vector through /predict and V2 infer of the service at `url`
+    (contract.check_smoke_vectors_over_http); the mismatches, empty when both APIs give exactly
+    the expected answers. `token`: the API's bearer token, if it requires one."""
+
+    def post(path: str, payload: dict) -> tuple:
+        return http_json(url + path, payload, timeout=timeout, token=token)
+
     try:
-        predict = _predict_mismatches(url, vectors, features, timeout, token)
-        infer = _infer_mismatches(url, vectors, features, timeout, token)
+        return check_smoke_vectors_over_http(post, vectors, features)
     except HttpFailure as exc:
         return [f"no answer while checking the smoke vectors: {exc}"]
-    return _capped(predict, PREDICT_PATH, MAX_MISMATCHES_PER_API) + _capped(
-        infer, INFER_PATH, MAX_MISMATCHES_PER_API
-    )

@@ -23,18 +23,20 @@ import hashlib
 import time
 from pathlib import Path
 
-from ansible_collections.linkedge.edge.plugins.module_utils.constants import (
-    LABEL_BUNDLE_SHA256,
-    LABEL_MODEL_VERSION,
-    candidate_name,
-    previous_name,
-)
 from ansible_collections.linkedge.edge.plugins.module_utils.container_spec import (
     check_address,
     create_kwargs,
     desired_spec,
     is_current,
     model_labels,
+)
+from ansible_collections.linkedge.edge.plugins.module_utils.contract import (
+    LABEL_BUNDLE_SHA256,
+    LABEL_MODEL_VERSION,
+    TokenFileError,
+    candidate_name,
+    previous_name,
+    read_token_file,
 )
 from ansible_collections.linkedge.edge.plugins.module_utils.docker_client import (
     DockerException,
@@ -46,10 +48,8 @@ from ansible_collections.linkedge.edge.plugins.module_utils.image_files import (
 )
 from ansible_collections.linkedge.edge.plugins.module_utils.inference_http import (
     NotReady,
-    TokenFileError,
     base_url,
     check_smoke_vectors,
-    read_token_file,
     served_model_version,
     wait_ready,
 )
@@ -354,12 +354,9 @@ def read_token(path: str | None) -> str | None:
     if not path:
         return None
     try:
-        token = read_token_file(path)
+        return read_token_file(path)
     except TokenFileError as exc:
         raise SwitchFailed(
-            f"{exc}; write the token there first (the inference_service role does, from "
-            "inference_service_api_token)"
+            f"{exc}; write the token there first (the inference_service role "
+            "does, from inference_service_api_token)"
         ) from exc
-    if not token:
-        raise SwitchFailed(f"api_token_file {path} is empty: the API would accept no token")
-    return token

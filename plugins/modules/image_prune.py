@@ -158,7 +158,7 @@ docker_root_free_bytes:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.linkedge.edge.plugins.module_utils.constants import LABEL_MODEL_VERSION
+from ansible_collections.linkedge.edge.plugins.module_utils.contract import LABEL_MODEL_VERSION
 from ansible_collections.linkedge.edge.plugins.module_utils.disk_space import free_bytes
 from ansible_collections.linkedge.edge.plugins.module_utils.docker_client import (
     APIError,

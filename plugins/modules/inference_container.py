@@ -248,10 +248,10 @@ steps:
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.linkedge.edge.plugins.module_utils.constants import (
+from ansible_collections.linkedge.edge.plugins.module_utils.container_spec import SpecError
+from ansible_collections.linkedge.edge.plugins.module_utils.contract import (
     DEFAULT_SERVICE_NAME,
 )
-from ansible_collections.linkedge.edge.plugins.module_utils.container_spec import SpecError
 from ansible_collections.linkedge.edge.plugins.module_utils.docker_client import (
     DockerException,
     ImageNotFound,

@@ -119,7 +119,12 @@ latency_ms:
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.linkedge.edge.plugins.module_utils.constants import LABEL_MODEL_VERSION
+from ansible_collections.linkedge.edge.plugins.module_utils.contract import (
+    LABEL_MODEL_VERSION,
+    LIVE_PATH,
+    TokenFileError,
+    read_token_file,
+)
 from ansible_collections.linkedge.edge.plugins.module_utils.docker_client import (
     DockerException,
     NotFound,
@@ -132,14 +137,11 @@ from ansible_collections.linkedge.edge.plugins.module_utils.image_files import (
     smoke_vectors_from_image,
 )
 from ansible_collections.linkedge.edge.plugins.module_utils.inference_http import (
-    LIVE_PATH,
     HttpFailure,
     NotReady,
-    TokenFileError,
     check_ready,
     check_smoke_vectors,
     http_json,
-    read_token_file,
     served_model_version,
     wait_ready,
 )
@@ -195,7 +197,7 @@ def main() -> None:
     token = None
     if params["api_token_file"]:
         try:
-            token = read_token_file(params["api_token_file"])
+            token = read_token_file(params["api_token_file"], allow_empty=True)
         except TokenFileError as exc:
             module.fail_json(msg=str(exc))
     expected = (

@@ -1,0 +1,222 @@
+# Copyright (c) LinkEdge developers
+# SPDX-License-Identifier: Apache-2.0
+"""The contract between the image builder (inference_image) and the collection (linkedge.edge).
+
+Standard library only, and the one place each shared name is declared: the builder imports
+this very file as ``inference_image.contract`` (a link in the builder's package), the modules
+as ``ansible_collections.linkedge.edge.plugins.module_utils.contract``. It holds what both
+sides must agree on: image labels, paths inside the image, the API's paths, the hardened run
+settings, the smoke-vector check and the API token file's format.
+"""
+
+from __future__ import annotations
+
+# --- labels -------------------------------------------------------------------------------
+# Written by the image builder on every serving image.
+LABEL_MODEL_NAME = "io.linkedge.model.name"
+LABEL_MODEL_VERSION = "io.linkedge.model.version"
+LABEL_BUNDLE_SHA256 = "io.linkedge.bundle.sha256"
+IMAGE_LABELS = (LABEL_MODEL_NAME, LABEL_MODEL_VERSION, LABEL_BUNDLE_SHA256)
+
+# Written by the modules on the containers they create.
+LABEL_SERVICE = "io.linkedge.service"
+LABEL_ROLE = "io.linkedge.role"
+LABEL_CONFIG_SHA256 = "io.linkedge.config.sha256"
+ROLE_SERVING = "serving"
+ROLE_CANDIDATE = "candidate"
+ROLE_PREVIOUS = "previous"  # a demoted container is recognised by its name, see previous_name()
+
+# --- the serving image ----------------------------------------------------------------------
+MODEL_NAME = "aps-classifier"
+IMAGE_REPOSITORY = "linkedge/" + MODEL_NAME
+BUNDLE_DIR = "/opt/linkedge/model"
+SMOKE_VECTORS_FILE = "smoke_vectors.json"
+SCHEMA_FILE = "schema.json"
+MODEL_CARD_FILE = "model_card.json"
+RUN_UID = 10001  # the image's USER; owner of the API token file on a truck
+API_TOKEN_MOUNT = "/run/secrets/linkedge-api-token"
+DEFAULT_PORT = 8080
+DEFAULT_SERVICE_NAME = "linkedge-inference"
+
+# Environment the server reads (set by the modules on a truck, by the builder's smoke step).
+ENV_BUNDLE = "LINKEDGE_BUNDLE"
+ENV_HOST = "LINKEDGE_HOST"
+ENV_PORT = "LINKEDGE_PORT"
+ENV_CHECK_PORT = "LINKEDGE_CHECK_PORT"
+ENV_REUSE_PORT = "LINKEDGE_REUSE_PORT"
+ENV_TOKEN_FILE = "LINKEDGE_API_TOKEN_FILE"
+
+# How a serving container runs, wherever it runs (truck, CI smoke step, bench): Docker SDK
+# keyword arguments. Limits, network and labels are the caller's.
+HARDENED_RUN = {
+    "read_only": True,
+    "cap_drop": ["ALL"],
+    "security_opt": ["no-new-privileges"],
+}
+TMPFS_OPTIONS = "rw,noexec,nosuid,nodev"
+
+
+def hardened_run_flags(tmpfs_size: str = "64m") -> list:
+    """HARDENED_RUN and a /tmp tmpfs as `docker run` flags (for tools that use the CLI)."""
+    return [
+        "--read-only",
+        *(f"--cap-drop={cap}" for cap in HARDENED_RUN["cap_drop"]),
+        *(f"--security-opt={opt}" for opt in HARDENED_RUN["security_opt"]),
+        f"--tmpfs=/tmp:{TMPFS_OPTIONS},size={tmpfs_size}",
+    ]
+
+
+# --- the API ----------------------------------------------------------------------------------
+LIVE_PATH = "/v2/health/live"
+READY_PATH = "/v2/health/ready"
+PREDICT_PATH = "/predict"
+METADATA_PATH = "/v2/models/" + MODEL_NAME
+INFER_PATH = METADATA_PATH + "/infer"
+
+# --- the release ------------------------------------------------------------------------------
+MANIFEST_FILE = "manifest.json"
+SIGNATURE_SUFFIX = ".sig"
+# Fields of the signed manifest every truck-side step relies on.
+MANIFEST_REQUIRED = (
+    "version",
+    "image_id",
+    "archive",
+    "archive_sha256",
+    "archive_bytes",
+    "bundle_sha256",
+)
+
+
+def previous_name(name: str) -> str:
+    return name + "-previous"
+
+
+def candidate_name(name: str) -> str:
+    return name + "-candidate"
+
+
+# --- the API token file -----------------------------------------------------------------------
+MAX_TOKEN_BYTES = 4096
+
+
+class TokenFileError(ValueError):
+    """The API token file cannot be read or holds no valid token; the message names it."""
+
+
+def read_token_file(path, allow_empty: bool = False, setting: str = "api_token_file") -> str:
+    """The bearer token in `path`, surrounding whitespace (a final newline) dropped.
+
+    TokenFileError starting with "<setting> (<path>)" when the file cannot be read, is larger
+    than MAX_TOKEN_BYTES, is empty (unless `allow_empty`), or holds anything but one word of
+    printable ASCII (what an HTTP header can carry)."""
+    where = f"{setting} ({path})"
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_TOKEN_BYTES + 1)
+    except OSError as exc:
+        raise TokenFileError(f"{where} cannot be read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_TOKEN_BYTES:
+        raise TokenFileError(f"{where} is larger than {MAX_TOKEN_BYTES} bytes; expected one token")
+    token = raw.strip()
+    if not token and not allow_empty:
+        raise TokenFileError(f"{where} is empty; expected the API token")
+    if not all(0x21 <= byte <= 0x7E for byte in token):
+        raise TokenFileError(
+            f"{where} must hold one token of printable ASCII characters without spaces"
+        )
+    return token.decode("ascii")
+
+
+# --- smoke vectors ----------------------------------------------------------------------------
+# A bundle's smoke_vectors.json: [{"inputs": [float | None, ...], "probability": p,
+# "label": "pos" | "neg"}]. A model, in process or behind the API, must give each vector's
+# label exactly and its probability within SMOKE_TOLERANCE.
+SMOKE_TOLERANCE = 1e-6
+MAX_MISMATCHES_PER_API = 10
+
+
+def smoke_mismatch(where: str, index: int, vector: dict, probability, label) -> str | None:
+    """Why (`probability`, `label`) is not vector `index`'s expected answer, or None."""
+    try:
+        close = abs(float(probability) - float(vector["probability"])) <= SMOKE_TOLERANCE
+    except (TypeError, ValueError, KeyError):
+        close = False
+    if close and label == vector.get("label"):
+        return None
+    return (
+        f"{where} vector {index}: expected {vector.get('probability')!r} "
+        f"{vector.get('label')}, got {probability!r} {label}"
+    )
+
+
+def smoke_predict_request(vectors: list, features: list) -> dict:
+    records = [
+        {name: vector["inputs"][column] for column, name in enumerate(features)}
+        for vector in vectors
+    ]
+    return {"instances": records}
+
+
+def smoke_infer_request(vectors: list, features: list) -> dict:
+    return {
+        "inputs": [
+            {
+                "name": "input-0",
+                "shape": [len(vectors), len(features)],
+                "datatype": "FP32",
+                "data": [value for vector in vectors for value in vector["inputs"]],
+            }
+        ]
+    }
+
+
+def _capped(mismatches: list, where: str) -> list:
+    if len(mismatches) <= MAX_MISMATCHES_PER_API:
+        return mismatches
+    rest = len(mismatches) - MAX_MISMATCHES_PER_API
+    return [*mismatches[:MAX_MISMATCHES_PER_API], f"{where}: ... and {rest} more"]
+
+
+def _predict_mismatches(post, vectors: list, features: list) -> list:
+    status, body = post(PREDICT_PATH, smoke_predict_request(vectors, features))
+    predictions = body.get("predictions") if isinstance(body, dict) else None
+    if status != 200 or not isinstance(predictions, list) or len(predictions) != len(vectors):
+        return [f"{PREDICT_PATH} answered {status}: {str(body)[:300]}"]
+    mismatches = []
+    for index, vector in enumerate(vectors):
+        got = predictions[index] if isinstance(predictions[index], dict) else {}
+        problem = smoke_mismatch(
+            PREDICT_PATH, index, vector, got.get("probability"), got.get("label")
+        )
+        if problem:
+            mismatches.append(problem)
+    return _capped(mismatches, PREDICT_PATH)
+
+
+def _infer_mismatches(post, vectors: list, features: list) -> list:
+    status, body = post(INFER_PATH, smoke_infer_request(vectors, features))
+    try:
+        outputs = {output["name"]: output["data"] for output in body["outputs"]}
+        probabilities, labels = outputs["probability"], outputs["label"]
+        if status != 200 or len(probabilities) != len(vectors) or len(labels) != len(vectors):
+            raise ValueError("wrong status or length")
+    except (KeyError, TypeError, ValueError):
+        return [f"{INFER_PATH} answered {status}: {str(body)[:300]}"]
+    mismatches = []
+    for index, vector in enumerate(vectors):
+        problem = smoke_mismatch(INFER_PATH, index, vector, probabilities[index], labels[index])
+        if problem:
+            mismatches.append(problem)
+    return _capped(mismatches, INFER_PATH)
+
+
+def check_smoke_vectors_over_http(post, vectors: list, features: list) -> list:
+    """Every smoke vector through /predict and through V2 infer; the mismatches (at most
+    MAX_MISMATCHES_PER_API listed per API, plus a count of the rest), empty when both APIs give
+    exactly the expected answers.
+
+    `post(path, payload)` sends one JSON request to the service and returns (HTTP status,
+    decoded body): the caller owns the HTTP client, the address and the token."""
+    if not isinstance(vectors, list) or not vectors:
+        return ["the bundle has no smoke vectors to check the model with"]
+    return _predict_mismatches(post, vectors, features) + _infer_mismatches(post, vectors, features)
