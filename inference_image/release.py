@@ -3,12 +3,15 @@
 A release directory ``RELEASES/<version>/`` holds::
 
     <image>.tar, <image>.tar.sha256   the image as `docker save` wrote it
-    image.json                         export record (archive, sha256, image ID, versions)
     model_card.json                    the model card
     bundle/                            the model bundle (checksummed)
     packages.json                      Python packages (name, version) inside the image
-    manifest.json                      what the rollout reads (version, image ID, digests, ...)
+    manifest.json                      THE release record (version, image ID, digests, ...)
     manifest.json.sig                  Ed25519 signature over manifest.json's bytes (signing.py)
+
+`export` writes the first manifest.json (what it knows of the image); `sign_release` and
+`publish_release` complete it (file digests, model figures, provenance) and sign it. Nothing
+else records a release: the truck reads only the signed manifest.
 
 The manifest names every checksum a truck relies on: ``image_id``, ``archive_sha256`` (and
 ``archive_bytes``), ``bundle_sha256`` (the digest of ``bundle/SHA256SUMS``, which lists each
@@ -33,9 +36,10 @@ from typing import Any
 
 from . import signing
 from .bundle import SUMS_FILE, load_bundle, sha256_file
+from .contract import MANIFEST_FILE as MANIFEST
+from .contract import MANIFEST_REQUIRED
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-MANIFEST = "manifest.json"
 CURRENT = "current"
 INDEX = "index"
 LIST_PACKAGES = (
@@ -149,34 +153,48 @@ def write_manifest(release_dir: Path, manifest: dict[str, Any]) -> None:
     (Path(release_dir) / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-def manifest_from_export(release_dir: Path) -> dict[str, Any]:
-    """A manifest for an `export` directory (image.json, archive, optional bundle/) that has
-    none, e.g. the small releases the Molecule scenarios build: same fields as a published one
-    except what only `publish` knows (packages, build figures, inputs)."""
+def read_manifest(release_dir: Path) -> dict[str, Any]:
+    """RELEASE/manifest.json, with the fields every truck-side step relies on."""
+    path = Path(release_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ReleaseError(
+            f"{path} not found: export the image first (`python -m inference_image export`)"
+        ) from None
+    except ValueError as exc:
+        raise ReleaseError(f"{path} is not JSON: {exc}") from None
+    missing = [name for name in MANIFEST_REQUIRED if name not in manifest]
+    if missing:
+        raise ReleaseError(f"{path} lacks {', '.join(missing)}: export the release again")
+    return manifest
+
+
+def complete_manifest(
+    release_dir: Path, manifest: dict[str, Any], **provenance: Any
+) -> dict[str, Any]:
+    """The export's manifest with what a truck and an auditor need besides: the model's
+    figures, the source commit, the sha256 of every other release file, and `provenance`
+    (build time, inputs). The bundle next to it, if any, must be the one the image carries."""
     release_dir = Path(release_dir)
-    record = json.loads((release_dir / "image.json").read_text())
     bundle_dir = release_dir / "bundle"
-    if (bundle_dir / SUMS_FILE).is_file():
-        bundle = load_bundle(bundle_dir)  # every bundle file checked against SHA256SUMS
-        if bundle.sha256 != record["bundle_sha256"]:
-            raise ReleaseError(
-                f"{bundle_dir} has digest {bundle.sha256}, image.json says "
-                f"{record['bundle_sha256']}: put the bundle the image was built from there"
-            )
     card_path = release_dir / "model_card.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    if (bundle_dir / SUMS_FILE).is_file():
+        bundle = load_bundle(bundle_dir)  # every bundle file checked against SHA256SUMS
+        if bundle.sha256 != manifest["bundle_sha256"]:
+            raise ReleaseError(
+                f"{bundle_dir} has digest {bundle.sha256}, the image carries "
+                f"{manifest['bundle_sha256']}: put the bundle the image was built from there"
+            )
+        card = bundle.card
     return {
-        "name": card.get("name", "aps-classifier"),
-        "version": record["model_version"],
-        "image": record["image"],
-        "image_id": record["image_id"],
-        "archive": record["archive"],
-        "archive_sha256": record["sha256"],
-        "archive_bytes": record["size_bytes"],
-        "bundle_sha256": record["bundle_sha256"],
+        **manifest,
+        "name": card.get("name", manifest.get("name")),
         "cost_ratio": ((card.get("metrics") or {}).get("out_of_fold") or {}).get("cost_ratio"),
         "source_commit": source_commit(),
-        "files": release_files(release_dir, record["archive"]),
+        **provenance,
+        "files": release_files(release_dir, manifest["archive"]),
     }
 
 
@@ -200,20 +218,18 @@ def check_release_files(release_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def sign_release(release_dir: Path, signing_key: Path) -> dict[str, Any]:
-    """Sign RELEASE/manifest.json (written from image.json first when the directory is a bare
-    export) after checking the files against it. Idempotent: a manifest already signed by this
-    key is left alone (and not re-read). Returns {manifest, signature, key_id, version,
-    changed}."""
+    """Sign RELEASE/manifest.json (completed first when the directory is a bare export) after
+    checking the files against it. Idempotent: a manifest already signed by this key is left
+    alone. Returns {manifest, signature, key_id, version, changed}."""
     release_dir = Path(release_dir)
     key = signing.load_private_key(signing_key)
     manifest_path = release_dir / MANIFEST
+    manifest = read_manifest(release_dir)
     changed = False
-    if not manifest_path.is_file():
-        if not (release_dir / "image.json").is_file():
-            raise ReleaseError(f"{release_dir} holds neither manifest.json nor image.json")
-        write_manifest(release_dir, manifest_from_export(release_dir))
+    if "files" not in manifest:  # a bare export: complete it before it is signed
+        manifest = complete_manifest(release_dir, manifest)
+        write_manifest(release_dir, manifest)
         changed = True
-    manifest = json.loads(manifest_path.read_text())
     try:
         key_id = signing.verify_manifest(manifest_path, key.public_key())
     except signing.SigningError:
@@ -244,10 +260,10 @@ def publish_release(
     releases = Path(releases)
     key = signing.load_private_key(signing_key) if signing_key is not None else None
     bundle = load_bundle(bundle_dir)
-    image_record = json.loads((Path(export_dir) / "image.json").read_text())
-    if image_record["bundle_sha256"] != bundle.sha256:
+    exported = read_manifest(export_dir)
+    if exported["bundle_sha256"] != bundle.sha256:
         raise ReleaseError(
-            f"the exported image carries bundle {image_record['bundle_sha256']}, "
+            f"the exported image carries bundle {exported['bundle_sha256']}, "
             f"not {bundle.sha256}: export the image built from this bundle"
         )
     target = releases / bundle.version
@@ -261,22 +277,13 @@ def publish_release(
         shutil.copytree(bundle.path, staging / "bundle")
         listing = [{"name": name, "version": version} for name, version in packages]
         (staging / "packages.json").write_text(json.dumps(listing, indent=2) + "\n")
-        manifest = {
-            "name": bundle.card.get("name", "aps-classifier"),
-            "version": bundle.version,
-            "image": image_record["image"],
-            "image_id": image_record["image_id"],
-            "archive": image_record["archive"],
-            "archive_sha256": image_record["sha256"],
-            "archive_bytes": image_record["size_bytes"],
-            "bundle_sha256": bundle.sha256,
-            "cost_ratio": (bundle.card["metrics"].get("out_of_fold") or {}).get("cost_ratio"),
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "build_seconds": build_seconds,
-            "source_commit": source_commit(),
-            "inputs": fingerprint,
-            "files": release_files(staging, image_record["archive"]),
-        }
+        manifest = complete_manifest(
+            staging,
+            exported,
+            built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            build_seconds=build_seconds,
+            inputs=fingerprint,
+        )
         write_manifest(staging, manifest)
         if key is not None:
             signing.sign_manifest(staging / MANIFEST, key)

@@ -3,8 +3,8 @@
 #   build/releases/v1  (30 boosting rounds)   build/releases/v2  (40 boosting rounds)
 # both signed with the development key build/keys/release-signing.key (created if missing).
 # Each is an `inference_image export` directory (image archive, .sha256, model_card.json,
-# image.json) plus the model bundle it was built from in <release>/bundle (the tests read the
-# smoke vectors from there). Idempotent: a release whose image.json and archive are present,
+# manifest.json) plus the model bundle it was built from in <release>/bundle (the tests read the
+# smoke vectors from there). Idempotent: a release whose manifest.json and archive are present,
 # whose archive size matches and that was built from the current inference_image sources is
 # kept as is; FORCE=1 rebuilds both.
 # Usage: bash scripts/molecule-releases.sh   (from the repository root; uses .venv when present)
@@ -20,13 +20,13 @@ IMAGE_NAME="${LINKEDGE_MOLECULE_IMAGE:-linkedge/aps-classifier}"
 log() { printf '[molecule-releases] %s\n' "$*" >&2; }
 cli() { "$PYTHON" -m inference_image "$@"; }
 
-present() { # release dir -> 0 when complete (image.json + archive of the recorded size)
+present() { # release dir -> 0 when complete (manifest.json + archive of the recorded size)
   "$PYTHON" - "$1" <<'EOF'
 import json, os, sys
 d = sys.argv[1]
 try:
-    meta = json.load(open(os.path.join(d, "image.json")))
-    ok = os.path.getsize(os.path.join(d, meta["archive"])) == meta["size_bytes"]
+    meta = json.load(open(os.path.join(d, "manifest.json")))
+    ok = os.path.getsize(os.path.join(d, meta["archive"])) == meta["archive_bytes"]
     ok = ok and os.path.isfile(os.path.join(d, "bundle", "smoke_vectors.json"))
 except (OSError, ValueError, KeyError):
     ok = False
@@ -57,7 +57,7 @@ release() { # name n_estimators
   mv "$work/export" "$out"
   cleanup
   work=""
-  log "$name: $(sed -n 's/.*"model_version": "\(.*\)".*/\1/p' "$out/image.json") in $out"
+  log "$name: $(sed -n 's/.*"version": "\(.*\)".*/\1/p' "$out/manifest.json") in $out"
 }
 
 work=""

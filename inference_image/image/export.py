@@ -8,13 +8,23 @@ import io
 import json
 import re
 import tarfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
 import docker.errors
 
-MODEL_CARD_IN_IMAGE = "/opt/linkedge/model/model_card.json"
+from ..contract import (
+    BUNDLE_DIR,
+    LABEL_BUNDLE_SHA256,
+    LABEL_MODEL_NAME,
+    LABEL_MODEL_VERSION,
+    MANIFEST_FILE,
+    MODEL_CARD_FILE,
+    MODEL_NAME,
+)
+
+MODEL_CARD_IN_IMAGE = f"{BUNDLE_DIR}/{MODEL_CARD_FILE}"
 
 
 class ExportError(RuntimeError):
@@ -53,7 +63,9 @@ def read_file_from_image(client: docker.DockerClient, image: str, path: str) -> 
 def export_image(
     image: str, out_dir: Path, client: docker.DockerClient | None = None
 ) -> ExportedImage:
-    """`docker save` to OUT/<image>.tar, then <archive>.sha256, model_card.json, image.json."""
+    """`docker save` to OUT/<image>.tar, then <archive>.sha256, model_card.json and the
+    release's (unsigned) manifest.json: the one record of a release, completed and signed by
+    `release.sign_release` or `release.publish_release`."""
     client = client or docker.from_env(timeout=600)
     try:
         found = client.images.get(image)
@@ -83,9 +95,18 @@ def export_image(
         size_bytes=size,
         image=image,
         image_id=found.id,
-        model_version=labels.get("io.linkedge.model.version", "unknown"),
-        bundle_sha256=labels.get("io.linkedge.bundle.sha256", "unknown"),
+        model_version=labels.get(LABEL_MODEL_VERSION, "unknown"),
+        bundle_sha256=labels.get(LABEL_BUNDLE_SHA256, "unknown"),
     )
-    record = {**asdict(exported), "archive": archive.name}
-    (out_dir / "image.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    manifest = {
+        "name": labels.get(LABEL_MODEL_NAME, MODEL_NAME),
+        "version": exported.model_version,
+        "image": image,
+        "image_id": found.id,
+        "archive": archive.name,
+        "archive_sha256": sha256,
+        "archive_bytes": size,
+        "bundle_sha256": exported.bundle_sha256,
+    }
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return exported

@@ -2,7 +2,7 @@
 never gets ready: its bundle does not reproduce its own smoke vectors), as
 tests/ansible_modules/conftest.py does. Signed with the development key like v1 and v2 (a bad
 model from a trusted builder: the smoke gate, not the signature, must stop it). Idempotent
-(kept when its image.json is there).
+(kept when its manifest.json is there).
 Usage: python molecule/fleet/bad_release.py   (from the repository root, in the venv)
 """
 
@@ -38,7 +38,7 @@ def sign() -> None:
 def main() -> None:
     os.chdir(Path(__file__).resolve().parents[2])
     sources = RELEASES / "v1" / SOURCES_FILE  # v1-bad is rebuilt whenever v1 was
-    if not (OUT / "image.json").is_file() or not same_text(OUT / SOURCES_FILE, sources):
+    if not (OUT / "manifest.json").is_file() or not same_text(OUT / SOURCES_FILE, sources):
         build()
         (OUT / SOURCES_FILE).write_text(sources.read_text() if sources.is_file() else "")
     sign()

@@ -71,7 +71,7 @@ def keys(tmp_path_factory) -> signing.KeyPair:
 
 @pytest.fixture
 def release(tmp_path, keys) -> SignedRelease:
-    """A signed release directory: archive (64 KiB), .sha256, image.json, bundle/."""
+    """A signed release directory: archive (64 KiB), .sha256, manifest.json, bundle/."""
     path = tmp_path / "release"
     path.mkdir()
     archive = os.urandom(64 * 1024)
@@ -81,16 +81,17 @@ def release(tmp_path, keys) -> SignedRelease:
     bundle = load_bundle(
         write_bundle(path / "bundle", b'{"model": 1}', list(APS_FEATURES), CARD, SMOKE)
     )
-    record = {
+    exported = {  # what `inference_image export` writes
+        "name": "aps-classifier",
         "archive": ARCHIVE,
-        "sha256": digest,
+        "archive_sha256": digest,
         "image": "linkedge/aps-classifier:aps-test-1",
         "image_id": "sha256:" + "1" * 64,
-        "model_version": bundle.version,
+        "version": bundle.version,
         "bundle_sha256": bundle.sha256,
-        "size_bytes": len(archive),
+        "archive_bytes": len(archive),
     }
-    (path / "image.json").write_text(json.dumps(record))
+    (path / "manifest.json").write_text(json.dumps(exported))
     sign_release(path, keys.private_key)
     return SignedRelease(path, keys, json.loads((path / "manifest.json").read_text()))
 

@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pytest
@@ -34,9 +35,10 @@ def test_publish_is_atomic_indexed_and_immutable(tmp_path):
         out = tmp_path / name
         out.mkdir()
         (out / "img.tar").write_bytes(b"tar")
-        record = {"archive": "img.tar", "sha256": "ab" * 32, "image": "x:1", "image_id": "sha256:1",
-                  "size_bytes": 3, "bundle_sha256": bundle_sha256}  # fmt: skip
-        (out / "image.json").write_text(json.dumps(record))
+        record = {"archive": "img.tar", "archive_sha256": "ab" * 32, "image": "x:1",
+                  "image_id": "sha256:1", "archive_bytes": 3, "bundle_sha256": bundle_sha256,
+                  "version": "1.2.3"}  # fmt: skip
+        (out / "manifest.json").write_text(json.dumps(record))
         return out
 
     releases = tmp_path / "releases"
@@ -65,10 +67,10 @@ def _bundle_and_export(tmp_path, name: str = "e"):
     (out / "img.tar").write_bytes(b"tar")
     digest = hashlib.sha256(b"tar").hexdigest()
     (out / "img.tar.sha256").write_text(f"{digest}  img.tar\n")
-    record = {"archive": "img.tar", "sha256": digest, "image": "x:1", "image_id": "sha256:1",
-              "size_bytes": 3, "bundle_sha256": bundle.sha256,
-              "model_version": "1.2.3"}  # fmt: skip
-    (out / "image.json").write_text(json.dumps(record))
+    record = {"archive": "img.tar", "archive_sha256": digest, "image": "x:1",
+              "image_id": "sha256:1", "archive_bytes": 3, "bundle_sha256": bundle.sha256,
+              "version": "1.2.3"}  # fmt: skip
+    (out / "manifest.json").write_text(json.dumps(record))
     return bundle, out
 
 
@@ -86,9 +88,9 @@ def test_publish_signs_a_manifest_that_covers_every_file(tmp_path):
         signing.verify_manifest(release / "manifest.json", signing.load_public_key(keys.public_key))
         == keys.key_id
     )
-    assert manifest["archive_sha256"] == json.loads((release / "image.json").read_text())["sha256"]
+    assert manifest["archive_sha256"] == hashlib.sha256(b"tar").hexdigest()
     assert set(manifest["files"]) == {
-        "image.json", "img.tar.sha256", "packages.json",
+        "img.tar.sha256", "packages.json",
         "bundle/SHA256SUMS", "bundle/model.json", "bundle/schema.json",
         "bundle/model_card.json", "bundle/smoke_vectors.json",
     }  # fmt: skip

@@ -40,9 +40,9 @@ class Release:
     def __init__(self, path: Path):
         self.path = path
         self.name = path.name
-        self.image = json.loads((path / "image.json").read_text())
-        self.model_version = self.image["model_version"]
-        self.image_id = self.image["image_id"]
+        self.manifest = json.loads((path / "manifest.json").read_text())
+        self.model_version = self.manifest["version"]
+        self.image_id = self.manifest["image_id"]
         self.smoke_vectors = json.loads((path / "bundle" / "smoke_vectors.json").read_text())
         self.features = json.loads((path / "bundle" / "schema.json").read_text())["features"]
 
