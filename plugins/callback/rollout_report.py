@@ -10,21 +10,24 @@ name: rollout_report
 type: aggregate
 short_description: Writes the fleet rollout report (build/rollout-reports/<timestamp>.json)
 description:
-  - Collects the per-truck records that playbooks/rollout.yml and rollback.yml publish with
-    C(set_stats) (key C(linkedge_rollout_report)) and, at the end of the run (also when the
-    failure budget stopped it), writes C(<timestamp>.json) and C(latest.json) in the report
-    directory and prints a summary.
-  - Trucks of the play without a record are C(failed) when Ansible counted them failed or
-    unreachable, C(not_reached) otherwise (the rollout stopped before their wave).
-  - Does nothing in runs that publish no C(linkedge_rollout_report).
+  - Collects the per-truck outcome records the role C(linkedge.edge.inference_service)
+    publishes with C(set_stats) (key C(linkedge_outcome), built by
+    C(linkedge.edge.outcome_record)) in C(site.yml), C(rollout.yml) and C(rollback.yml) and, at
+    the end of the run (also when the failure budget stopped it), writes C(<timestamp>.json) and
+    C(latest.json) in the report directory and prints a summary.
+  - Trucks of the play without a record are C(pending) with a reason that starts with C(unreachable) when
+    the connection to them was lost (Ansible counted them unreachable, or a task failed because
+    the connection broke), C(failed) with the last error when a task failed on them before
+    their record was made, C(not_reached) otherwise (the rollout stopped before their wave).
+  - Does nothing in runs that publish no C(linkedge_outcome).
   - In check mode the report is written as C(<timestamp>-check.json) and C(latest.json) is kept.
 requirements:
   - enable it with C(callbacks_enabled = linkedge.edge.rollout_report) in ansible.cfg
     (or C(ANSIBLE_CALLBACKS_ENABLED))
 options:
   report_dir:
-    description: Directory of the reports (default C(build/rollout-reports) of the repository,
-      the parent of the playbook's C(playbooks/) directory).
+    description: Directory of the reports (default C(build/rollout-reports) under the directory
+      C(ansible-playbook) runs from).
     type: path
     env:
       - name: LINKEDGE_ROLLOUT_REPORT_DIR
@@ -36,8 +39,12 @@ import os
 import time
 
 from ansible.plugins.callback import CallbackBase
-
-OUTCOMES = ("updated", "unchanged", "rolled_back", "pending", "failed", "not_reached")
+from ansible_collections.linkedge.edge.plugins.module_utils.outcome import (
+    OUTCOMES,
+    STATS_KEY,
+    transport_lost,
+    unreachable_reason,
+)
 
 
 class CallbackModule(CallbackBase):
@@ -50,12 +57,20 @@ class CallbackModule(CallbackBase):
         super().__init__()
         self._basedir = os.getcwd()
         self._hosts: list[str] = []
+        self._unreachable: dict[str, str] = {}  # host -> what the lost connection said
+        self._failed: dict[str, dict] = {}  # host -> its last failed result
         self._playbook = ""
         self._started = time.time()
         self._check = False
 
+    def v2_runner_on_unreachable(self, result) -> None:
+        self._unreachable[result._host.get_name()] = str(result._result.get("msg") or "")
+
+    def v2_runner_on_failed(self, result, ignore_errors=False) -> None:
+        if not ignore_errors:
+            self._failed[result._host.get_name()] = dict(result._result)
+
     def v2_playbook_on_start(self, playbook) -> None:
-        self._basedir = playbook._basedir
         self._playbook = os.path.basename(getattr(playbook, "_file_name", "") or "")
         self._started = time.time()
 
@@ -79,31 +94,36 @@ class CallbackModule(CallbackBase):
             configured = None
         if configured:
             return configured
-        base = self._basedir
-        if os.path.basename(base) == "playbooks":
-            base = os.path.dirname(base)
-        return os.path.join(base, "build", "rollout-reports")
+        return os.path.join(self._basedir, "build", "rollout-reports")
+
+    def _without_record(self, host: str, stats) -> dict:
+        """The record of a truck that made none: cut off, failed early, or never reached."""
+        failed = self._failed.get(host)
+        if host in self._unreachable or stats.summarize(host).get("unreachable"):
+            reason = unreachable_reason(self._unreachable.get(host))
+            return {"truck": host, "outcome": "pending", "reason": reason}
+        if failed is not None and transport_lost(failed):
+            return {
+                "truck": host,
+                "outcome": "pending",
+                "reason": unreachable_reason(failed.get("msg")),
+            }
+        if failed is not None or stats.summarize(host).get("failures"):
+            message = " ".join(str((failed or {}).get("msg") or "failed").split())[:500]
+            return {"truck": host, "outcome": "failed", "reason": message}
+        return {
+            "truck": host,
+            "outcome": "not_reached",
+            "reason": "the rollout stopped before this truck's wave",
+        }
 
     def v2_playbook_on_stats(self, stats) -> None:
-        records = dict((stats.custom.get("_run") or {}).get("linkedge_rollout_report") or {})
+        records = dict((stats.custom.get("_run") or {}).get(STATS_KEY) or {})
         if not records:
             return
         trucks = {}
         for host in self._hosts or sorted(records):
-            record = dict(records.get(host) or {})
-            if not record:
-                summary = stats.summarize(host)
-                if summary.get("failures") or summary.get("unreachable"):
-                    record = {
-                        "outcome": "failed",
-                        "reason": "failed before its outcome was recorded",
-                    }
-                else:
-                    record = {
-                        "outcome": "not_reached",
-                        "reason": "the rollout stopped before this truck's wave",
-                    }
-            trucks[host] = record
+            trucks[host] = dict(records.get(host) or {}) or self._without_record(host, stats)
         counts = {outcome: 0 for outcome in OUTCOMES}
         for record in trucks.values():
             outcome = record.get("outcome", "failed")

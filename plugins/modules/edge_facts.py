@@ -14,11 +14,17 @@ description:
   - Returns C(ansible_facts.linkedge) about the host's Docker engine, the serving inference
     container O(name), the previous one C(<name>-previous), the LinkEdge images present
     (images labelled C(io.linkedge.model.version)) and the free space for more.
+  - Also returns the last outcome record the truck kept (C(linkedge.edge.outcome_record)), so
+    a status view shows what the last rollout or rollback did even when it ended offline.
 options:
   name:
     description: Name of the serving container.
     type: str
     default: linkedge-inference
+  state_file:
+    description: Where C(linkedge.edge.outcome_record) keeps the truck's last outcome record.
+    type: path
+    default: /var/lib/linkedge/last-outcome.json
 extends_documentation_fragment:
   - linkedge.edge.docker
 seealso:
@@ -100,28 +106,43 @@ ansible_facts:
               tags: [linkedge/aps-classifier:1.4.0]
               model_version: aps-xgb-3f2a9c1d0b7e
               size: 230000000
+              layers: ["sha256:4e3f..."]
         docker_root_free_bytes:
           description: Free bytes on the filesystem of Docker's root directory; null when it
             cannot be read from the target.
           type: int
           returned: always
+        layers:
+          description: The layer diff IDs the engine holds in LinkEdge images (what a delta
+            transfer, C(linkedge.edge.image_delta), need not send).
+          type: list
+          elements: str
+          returned: always
+        last_outcome:
+          description: The last outcome record kept on the truck (C(linkedge.edge.outcome_record)),
+            or null when none was kept yet.
+          type: dict
+          returned: always
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.linkedge.edge.plugins.module_utils.constants import (
+from ansible_collections.linkedge.edge.plugins.module_utils.contract import (
     DEFAULT_SERVICE_NAME,
     LABEL_BUNDLE_SHA256,
     LABEL_MODEL_VERSION,
     previous_name,
 )
+from ansible_collections.linkedge.edge.plugins.module_utils.disk_space import free_bytes
 from ansible_collections.linkedge.edge.plugins.module_utils.docker_client import (
     DockerException,
     NotFound,
     docker_error_message,
     get_docker_client,
     sdk_version,
+)
+from ansible_collections.linkedge.edge.plugins.module_utils.outcome import (
+    DEFAULT_STATE_FILE,
+    read_state,
 )
 
 
@@ -184,34 +205,33 @@ def image_facts(client) -> list[dict]:
             "tags": image.tags,
             "model_version": labels_of(image.attrs).get(LABEL_MODEL_VERSION),
             "size": image.attrs.get("Size"),
+            "layers": list((image.attrs.get("RootFS") or {}).get("Layers") or []),
         }
         for image in images
     ]
 
 
-def free_bytes(path: str | None) -> int | None:
-    try:
-        stat = os.statvfs(path)
-    except (OSError, TypeError):
-        return None
-    return stat.f_bavail * stat.f_frsize
-
-
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(name=dict(type="str", default=DEFAULT_SERVICE_NAME)),
+        argument_spec=dict(
+            name=dict(type="str", default=DEFAULT_SERVICE_NAME),
+            state_file=dict(type="path", default=DEFAULT_STATE_FILE),
+        ),
         supports_check_mode=True,
     )
     name = module.params["name"]
     client = get_docker_client(module)
     try:
+        images = image_facts(client)
         facts = {
             "docker_version": client.version().get("Version"),
             "docker_sdk_version": sdk_version(),
             "serving": serving_facts(find_container(client, name)),
             "previous": previous_facts(client, find_container(client, previous_name(name))),
-            "images": image_facts(client),
+            "images": images,
             "docker_root_free_bytes": free_bytes(client.info().get("DockerRootDir")),
+            "layers": sorted({layer for image in images for layer in image["layers"]}),
+            "last_outcome": read_state(module.params["state_file"]),
         }
     except DockerException as exc:
         module.fail_json(msg=docker_error_message("reading the Docker engine's state", exc))

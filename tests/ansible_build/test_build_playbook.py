@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -186,14 +187,21 @@ def test_ceiling_refuses_even_without_a_current_release(tmp_path):
     assert not (tmp_path / "releases" / "current").exists()
 
 
-def run_role_ship(release_dir: Path, tmp_path: Path, name: str) -> tuple[int, dict]:
-    """The inference_service role's release.yml and ship.yml (edge facts, verification on the
-    "truck", shipping when the image is absent) against this host; (rc, json callback output)."""
+def run_role_ship(release_dir: Path, tmp_path: Path, name: str, port: int = 0) -> tuple[int, dict]:
+    """The inference_service role, whole (edge facts, verification on the "truck", transfer when
+    the image is absent, switch) against this host; (rc, json callback output)."""
     variables = {
         "inference_service_release_dir": str(release_dir),
         "inference_service_release_public_key": str(DEV_PUBLIC_KEY),  # a path on the controller
         "inference_service_release_manifest_dir": str(tmp_path / "truck" / "releases"),
         "inference_service_staging_dir": str(tmp_path / "truck" / "staging"),
+        "inference_service_state_file": str(tmp_path / "truck" / "last-outcome.json"),
+        "inference_service_cache_dir": str(tmp_path / "controller" / "cache"),
+        "inference_service_migrate_queued_connections": False,  # no sysctl on the CI host
+        "inference_service_prune_images": False,  # other tests' images live on this engine
+        "inference_service_api_token_path": str(tmp_path / "truck" / "api-token"),
+        "inference_service_port": port or free_port(),
+        "inference_service_bind_address": "127.0.0.1",
         "inference_service_name": name,
         "ansible_python_interpreter": sys.executable,
     }
@@ -201,9 +209,7 @@ def run_role_ship(release_dir: Path, tmp_path: Path, name: str) -> tuple[int, di
     play = [{
         "hosts": "localhost", "connection": "local", "gather_facts": False, "vars": variables,
         "tasks": [
-            {"ansible.builtin.include_role": {"name": role, "tasks_from": "release.yml"}},
-            {"ansible.builtin.include_role": {"name": role, "tasks_from": "ship.yml"}},
-            {"name": "signed", "ansible.builtin.debug": {"var": "inference_service_release"}},
+            {"ansible.builtin.include_role": {"name": role}},
         ],
     }]  # fmt: skip
     playbook = tmp_path / f"ship-{time.monotonic_ns()}.yml"
@@ -260,14 +266,6 @@ def test_the_truck_refuses_a_tampered_release_and_keeps_serving(releases, servin
     images_before = sorted(image.id for image in client.images.list())
     key_id = signing.key_id(signing.load_public_key(DEV_PUBLIC_KEY))
 
-    rc, output = run_role_ship(release, tmp_path, serving.name)  # the signed release passes
-    assert rc == 0, json.dumps(output)[-3000:]
-    tasks = output["plays"][0]["tasks"]
-    signed = tasks[-1]["hosts"]["localhost"]["inference_service_release"]
-    assert signed["image_id"] == manifest["image_id"] and signed["key_id"] == key_id
-    kept = tmp_path / "truck" / "releases" / manifest["version"] / "manifest.json"
-    assert kept.read_bytes() == (release / "manifest.json").read_bytes()
-
     other = signing.generate_key_pair(tmp_path / "other-key")
     altered = (release / "manifest.json").read_text().replace(manifest["image_id"][-12:], "0" * 12)
     cases = {
@@ -295,14 +293,33 @@ def test_the_truck_refuses_a_tampered_release_and_keeps_serving(releases, servin
         tamper(out)
         rc, output = run_role_ship(out, tmp_path, serving.name)
         assert rc != 0, case
-        report = output["global_custom_stats"]["linkedge_rollout"]["localhost"]
-        assert report["outcome"] == "failed" and report["rolled_back"] is False, case
+        report = output["global_custom_stats"]["linkedge_outcome"]["localhost"]
+        assert report["outcome"] == "failed" and not report["changed"], case
         assert report["reason"].startswith("release refused: "), report
         assert expected in " ".join(report["reason"].split()), (case, report["reason"])
-        assert report["model_version"] == manifest["version"]  # what the truck still serves
+        assert report["serving_version"] == manifest["version"]  # what the truck still serves
+        assert report["bytes_transferred"] == 0, report
         serving.reload()
         assert serving.status == "running" and serving.image.id == manifest["image_id"], case
         assert sorted(image.id for image in client.images.list()) == images_before, case
+
+    # The signed release passes, and the role switches the "truck" to it as on a truck.
+    try:
+        rc, output = run_role_ship(release, tmp_path, serving.name)
+        assert rc == 0, json.dumps(output)[-3000:]
+        report = output["global_custom_stats"]["linkedge_outcome"]["localhost"]
+        assert report["outcome"] == "updated", report
+        assert report["key_id"] == key_id and report["image_id"] == manifest["image_id"], report
+        assert report["serving_version"] == manifest["version"], report
+        assert report["smoke_vectors_checked"] > 0, report
+        kept = tmp_path / "truck" / "releases" / manifest["version"] / "manifest.json"
+        assert kept.read_bytes() == (release / "manifest.json").read_bytes()
+        state = json.loads((tmp_path / "truck" / "last-outcome.json").read_text())
+        assert state == report  # the truck keeps the record it published
+    finally:
+        for leftover in (serving.name, serving.name + "-previous"):
+            with contextlib.suppress(docker.errors.NotFound):
+                client.containers.get(leftover).remove(force=True)
 
 
 @pytest.fixture

@@ -227,7 +227,8 @@ def test_full_disk_is_refused_before_anything_is_touched_then_rollout_fits():
         truck = report["trucks"][TRUCK]
         assert truck["outcome"] == "failed", truck
         reason = truck["reason"]
-        assert reason.startswith("needs ") and f"free under {DOCKER_ROOT} (" in reason, reason
+        assert reason.startswith("transfer failed: needs "), reason
+        assert f"free under {DOCKER_ROOT} (" in reason, reason
         assert "for the layers + 256.0 MiB headroom), only " in reason, reason
         assert "nothing was loaded" in reason
         assert not image_present(V2.image_id)  # nothing loaded
@@ -285,7 +286,8 @@ def test_power_cut_during_transfer():
     back_to_v1(remove_v2=True)
     # site.yml ships the full archive (the rollout's model-only delta is too small to catch).
     runner = playbook(
-        "site.yml", "-e", f"inference_service_release_dir={RELEASES / 'v2'}", background=True
+        "site.yml", "-e", f"inference_service_release_dir={RELEASES / 'v2'}",
+        "-e", "inference_service_transfer=full", background=True
     )
     assert wait_on_truck(
         "find /root/.ansible/tmp /var/tmp/linkedge -type f -size +20M 2>/dev/null | grep -q .",
@@ -310,7 +312,8 @@ def test_power_cut_during_transfer():
 def test_power_cut_during_load():
     back_to_v1(remove_v2=True)
     runner = playbook(
-        "site.yml", "-e", f"inference_service_release_dir={RELEASES / 'v2'}", background=True
+        "site.yml", "-e", f"inference_service_release_dir={RELEASES / 'v2'}",
+        "-e", "inference_service_transfer=full", background=True
     )
     assert wait_on_truck(f"ls -d {DOCKER_ROOT}/tmp/docker-import-* >/dev/null 2>&1", runner), (
         "the load was never observed"

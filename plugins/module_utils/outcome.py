@@ -1,0 +1,212 @@
+# Copyright (c) LinkEdge developers
+# SPDX-License-Identifier: Apache-2.0
+"""The one outcome record of a truck: what a rollout, a rollback or site.yml did to it.
+
+Built on the truck by linkedge.edge.outcome_record from the results of the inference_service
+role's steps, kept there (the last attempt survives being offline), published once with
+set_stats as ``linkedge_outcome``, and read by the rollout_report callback and status.yml.
+Standard library only (the callback imports it on the controller).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+STATS_KEY = "linkedge_outcome"
+DEFAULT_STATE_FILE = "/var/lib/linkedge/last-outcome.json"
+
+# Every outcome a record can carry; the report counts them in this order.
+OUTCOMES = (
+    "updated",
+    "unchanged",
+    "rolled_back",
+    "pending",
+    "failed",
+    "not_reached",
+    "would_update",
+    "would_fail",
+)
+
+# The fields of a record, in one vocabulary for every operation.
+FIELDS = (
+    "truck",
+    "operation",  # rollout | rollback
+    "outcome",
+    "reason",
+    "previous_version",  # served before this run
+    "new_version",  # the version this run asked for
+    "serving_version",  # served after this run
+    "image_id",  # image ID served after this run
+    "key_id",  # the release key the signature was verified with
+    "bytes_transferred",
+    "delta",  # only the layers the truck lacked were sent
+    "changed",
+    "duration_seconds",
+    "serving_gap_seconds",
+    "cold_start_seconds",
+    "smoke_vectors_checked",
+    "finished_at",
+)
+
+# Why a step failed, by the prefix of the role's task names ("Verify | ...").
+STAGE_REASONS = {
+    "Preflight": "cannot read the truck's state",
+    "Release": "release not usable",
+    "Verify": "release refused",
+    "Transfer": "transfer failed",
+    "Switch": "switch failed",
+    "Probe": "probe failed",
+}
+
+# What Ansible says when the connection to a host is lost mid-task (SSH, docker exec, local).
+TRANSPORT_LOST = (
+    "unreachable",
+    "module result deserialization failed",
+    "failed to connect to the host",
+    "data could not be sent to remote host",
+    "connection reset",
+    "connection timed out",
+    "connection refused",
+    "shared connection to",
+    "broken pipe",
+    "is paused",
+    "is not running",
+    "no such container",
+    "timeout (",
+)
+
+
+def transport_lost(result: dict | None) -> bool:
+    """The result says the host could not be reached, rather than that a step failed on it."""
+    if not result:
+        return False
+    if result.get("unreachable"):
+        return True
+    text = " ".join(str(result.get(key) or "") for key in ("msg", "module_stderr", "stderr"))
+    text = text.lower()
+    return any(pattern in text for pattern in TRANSPORT_LOST)
+
+
+def unreachable_reason(message: str | None) -> str:
+    first = " ".join(str(message or "no answer").split())[:300]
+    return f"unreachable: {first}"
+
+
+def _version(facts: dict | None) -> str | None:
+    return (facts or {}).get("model_version") or None
+
+
+def _stage_reason(failed_task: str | None, message: str) -> str:
+    stage = (failed_task or "").split(" | ", 1)[0].strip()
+    prefix = STAGE_REASONS.get(stage)
+    return f"{prefix}: {message}" if prefix else message
+
+
+def _failure_message(failure: dict) -> str:
+    message = failure.get("reason") or failure.get("msg") or "failed"
+    return " ".join(str(message).split())
+
+
+def outcome_of(steps: dict, check_mode: bool) -> tuple[str, str | None]:
+    """(outcome, reason) from the results of the role's steps."""
+    failure = steps.get("failure") or {}
+    switch = steps.get("switch") or {}
+    transfer = steps.get("transfer") or {}
+    load = steps.get("load") or {}
+    if failure:
+        if transport_lost(failure):
+            return "pending", unreachable_reason(failure.get("msg"))
+        message = _failure_message(failure)
+        if failure.get("outcome") == "rolled_back" or failure.get("rolled_back"):
+            return "rolled_back", message
+        return "failed", _stage_reason(steps.get("failed_task"), message)
+    if check_mode:
+        for step in (transfer, load):
+            if step.get("would_fail"):
+                return "would_fail", (step.get("disk_space") or {}).get("msg") or step.get("msg")
+        if transfer or switch.get("changed"):
+            return "would_update", None
+        return "unchanged", None
+    if switch.get("outcome") == "rolled_back":
+        return "rolled_back", switch.get("reason")
+    if switch.get("outcome") == "updated" or switch.get("changed"):
+        return "updated", None
+    return "unchanged", None
+
+
+def build_record(params: dict, check_mode: bool, now: float) -> dict:
+    """The truck's record; `params` as linkedge.edge.outcome_record takes them."""
+    steps = params
+    release = params.get("release") or {}
+    before = params.get("before") or {}
+    transfer = params.get("transfer") or {}
+    switch = params.get("switch") or {}
+    probe = params.get("probe") or {}
+    outcome, reason = outcome_of(steps, check_mode)
+    previous_version = _version(before.get("serving"))
+    serving_before = before.get("serving") or {}
+    if outcome == "updated" or (outcome == "unchanged" and switch):
+        serving_version = probe.get("model_version") or switch.get("model_version")
+        image_id = switch.get("image_id") or release.get("image_id")
+    elif outcome == "rolled_back":
+        serving_version = switch.get("previous_model_version") or (
+            (params.get("failure") or {}).get("previous_model_version") or previous_version
+        )
+        image_id = switch.get("previous_image_id") or (params.get("failure") or {}).get(
+            "previous_image_id", serving_before.get("image_id")
+        )
+    else:
+        serving_version, image_id = previous_version, serving_before.get("image_id")
+    sent = 0 if check_mode else int(transfer.get("size_bytes") or 0)
+    started = params.get("started")
+    record = {
+        "truck": params.get("truck"),
+        "operation": params.get("operation") or "rollout",
+        "outcome": outcome,
+        "reason": reason,
+        "previous_version": previous_version,
+        "new_version": release.get("version"),
+        "serving_version": serving_version,
+        "image_id": image_id,
+        "key_id": release.get("key_id"),
+        "bytes_transferred": sent,
+        "delta": bool(transfer) and not transfer.get("full", True),
+        "changed": outcome == "updated" or bool(switch.get("changed")),
+        "duration_seconds": round(now - float(started), 2) if started else None,
+        "serving_gap_seconds": switch.get("serving_gap_seconds"),
+        "cold_start_seconds": switch.get("cold_start_seconds"),
+        "smoke_vectors_checked": int(probe.get("smoke_vectors_checked") or 0),
+        "finished_at": now,
+    }
+    return {field: record[field] for field in FIELDS}
+
+
+def write_state(path: str, record: dict) -> None:
+    """Write the record atomically (a power cut leaves the old file or the new one)."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".outcome.", dir=directory)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(record, stream, indent=2, sort_keys=True)
+            stream.write("\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def read_state(path: str) -> dict | None:
+    """The last record written on this truck, or None (none yet, or unreadable)."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            record = json.load(stream)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
