@@ -2,28 +2,107 @@
 
 Imports are local to each command: the serving image has neither the training stack
 nor the Docker SDK, and `serve`/`healthcheck` must start fast there.
+
+A user error (a missing file, an unreachable server or Docker engine, a bad option value, ...)
+is one line on stderr, ``linkedge-image COMMAND: what is wrong and what to do``, and exit
+status 2: commands raise UserError (or one of the package's own errors) and main() prints it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .contract import (
+    BUNDLE_DIR,
+    DEFAULT_PORT,
+    ENV_BUNDLE,
+    ENV_PORT,
+    PREDICT_PATH,
+    READY_PATH,
+    SCHEMA_FILE,
+    SMOKE_VECTORS_FILE,
+)
+from .progress import Steps
+
+if TYPE_CHECKING:
+    import docker
+
+    from .training import TrainingParams
+
+PROG = "linkedge-image"
 DEFAULT_WHEELHOUSE = Path(os.environ.get("LINKEDGE_WHEELHOUSE", "build/wheelhouse"))
+DEFAULT_BASE_IMAGE = "debian:bookworm-slim"
+USER_ERROR_STATUS = 2
+INTERRUPTED_STATUS = 130
+log = logging.getLogger(__name__)
 
 
-class UsageError(RuntimeError):
-    """A command-line argument is wrong; the message says what to pass instead."""
+class UserError(RuntimeError):
+    """Something the user can fix; the message says what is wrong and what to do."""
 
 
 def _print_json(payload: object) -> None:
     print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def _steps(args: argparse.Namespace, total: int) -> Steps:
+    return Steps.for_terminal(total, verbose=args.verbose)
+
+
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UserError(f"{option} is not JSON ({exc}): pass an object such as '{{}}'") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{option} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    from .data import default_data_dir
+
+    data_dir = args.data or default_data_dir()
+    if data_dir is None:
+        raise UserError(
+            "no --data DIR given, LINKEDGE_DATA_DIR is unset and ../shared/aps is absent"
+        )
+    return Path(data_dir)
+
+
+def _docker_client(timeout: int = 60) -> docker.DockerClient:
+    """A client of a running Docker engine, or UserError saying how to start one."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except (docker.errors.DockerException, OSError) as exc:  # requests' errors are OSErrors
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        raise UserError(
+            f"cannot reach the Docker engine at {host}: start it (`make docker`) "
+            f"or set DOCKER_HOST ({exc})"
+        ) from None
+    return client
+
+
+def _require_image(client: docker.DockerClient, image: str) -> None:
+    import docker.errors
+
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        raise UserError(
+            f"image {image} not found: build it first with "
+            f"`{PROG} build --bundle DIR --tag {image}`"
+        ) from None
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -34,39 +113,61 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _training_params(args: argparse.Namespace) -> TrainingParams:
     from dataclasses import replace
 
-    from .data import default_data_dir
-    from .train_bundle import train_to_bundle
     from .training import TrainingParams
 
-    data_dir = args.data or default_data_dir()
-    if data_dir is None:
-        raise UsageError("no --data DIR given and ../shared/aps does not exist")
-    overrides = {
-        key: value
-        for key, value in {
-            "n_estimators": args.n_estimators,
-            "learning_rate": args.learning_rate,
-            "max_depth": args.max_depth,
-            "seed": args.seed,
-            "nthread": args.nthread,
-        }.items()
-        if value is not None
+    options = {
+        "n_estimators": args.n_estimators,
+        "learning_rate": args.learning_rate,
+        "max_depth": args.max_depth,
+        "seed": args.seed,
+        "nthread": args.nthread,
     }
-    if args.params:
-        try:
-            extra = json.loads(args.params)
-            params = replace(TrainingParams(), **{**overrides, **extra})
-        except (ValueError, TypeError) as exc:
-            fields = ", ".join(TrainingParams.__dataclass_fields__)
-            raise UsageError(f"--params must be a JSON object of {fields}: {exc}") from exc
-    else:
-        params = replace(TrainingParams(), **overrides)
-    summary = train_to_bundle(
-        Path(data_dir), args.out, params, version=args.version, evaluate=not args.skip_evaluation
-    )
+    overrides = {key: value for key, value in options.items() if value is not None}
+    extra = _json_object(args.params, "--params") if args.params else {}
+    try:
+        params = replace(TrainingParams(), **{**overrides, **extra})
+    except TypeError as exc:
+        fields = ", ".join(TrainingParams.__dataclass_fields__)
+        raise UserError(f"--params may set only {fields}: {exc}") from None
+    _check_training_params(params)
+    return params
+
+
+def _check_training_params(params: TrainingParams) -> None:
+    """Types and counts; XGBoost itself checks the ranges of its own parameters."""
+    from dataclasses import fields
+
+    for spec in fields(params):
+        value = getattr(params, spec.name)
+        number_types = (int, float) if spec.type == "float" else (int,)
+        if isinstance(value, bool) or not isinstance(value, number_types):
+            raise UserError(f"training parameter {spec.name} must be {spec.type}, got {value!r}")
+    if params.n_estimators < 1:
+        raise UserError(f"n_estimators must be at least 1, got {params.n_estimators}")
+    if min(params.outer_folds, params.inner_folds) < 2:
+        raise UserError("outer_folds and inner_folds must be at least 2")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import find_training_file
+    from .train_bundle import train_to_bundle
+
+    steps = _steps(args, 2)
+    with steps.step("checking the data and options"):
+        data_dir = _data_dir(args)
+        find_training_file(data_dir)
+        params = _training_params(args)
+        if args.out.exists():  # checked now, not after minutes of training
+            raise UserError(
+                f"{args.out} already exists and bundles are immutable: choose a new --out"
+            )
+    with steps.step("training and evaluating the model"):
+        summary = train_to_bundle(
+            data_dir, args.out, params, version=args.version, evaluate=not args.skip_evaluation
+        )
     card = summary.bundle.card
     _print_json(
         {
@@ -90,17 +191,15 @@ def _data_files(data_dir: Path) -> list[Path]:
 
 def cmd_fingerprint(args: argparse.Namespace) -> int:
     """The inputs' fingerprint, the release already built from them, and the current one."""
-    from .data import default_data_dir
     from .release import current_release, find_release, input_fingerprint
 
-    data_dir = args.data or default_data_dir()
-    if data_dir is None:
-        raise UsageError("no --data DIR given and ../shared/aps does not exist")
-    fingerprint = input_fingerprint(_data_files(Path(data_dir)), json.loads(args.settings))
+    data_dir = _data_dir(args)
+    settings = _json_object(args.settings, "--settings")
+    fingerprint = input_fingerprint(_data_files(data_dir), settings)
     _print_json(
         {
             **fingerprint,
-            "data_dir": str(Path(data_dir).resolve()),
+            "data_dir": str(data_dir.resolve()),
             "existing": find_release(args.releases, fingerprint["fingerprint"]),
             "current": current_release(args.releases),
         }
@@ -112,50 +211,46 @@ def cmd_publish(args: argparse.Namespace) -> int:
     """Export the image, list its packages and publish bundle + archive as a release."""
     import tempfile
 
+    from .bundle import load_bundle
     from .image.export import export_image
     from .release import image_packages, input_fingerprint, publish_release
-
-    if args.signing_key is not None:
-        _signing_call(_load_signing_key, args.signing_key)  # a missing key fails before export
-    fingerprint = input_fingerprint(_data_files(args.data), json.loads(args.settings))
-    args.releases.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=args.releases) as export_dir:
-        export_image(args.image, Path(export_dir))
-        manifest = _signing_call(
-            publish_release,
-            args.releases,
-            args.bundle,
-            Path(export_dir),
-            image_packages(args.image),
-            fingerprint,
-            build_seconds=args.build_seconds,
-            signing_key=args.signing_key,
-        )
-    _print_json(manifest)
-    return 0
-
-
-def _load_signing_key(path: Path) -> Any:
     from .signing import load_private_key
 
-    return load_private_key(path)
-
-
-def _signing_call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """FUNCTION(*ARGS, **KWARGS) with key and signature errors reported as usage errors."""
-    from .signing import SigningError
-
-    try:
-        return function(*args, **kwargs)
-    except SigningError as exc:
-        raise UsageError(str(exc)) from exc
+    steps = _steps(args, 4)
+    with steps.step("checking the key, bundle, data and image"):  # all before the slow export
+        if args.signing_key is not None:
+            load_private_key(args.signing_key)
+        load_bundle(args.bundle)
+        fingerprint = input_fingerprint(
+            _data_files(args.data), _json_object(args.settings, "--settings")
+        )
+        client = _docker_client(timeout=600)
+        _require_image(client, args.image)
+        args.releases.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=args.releases) as export_dir:
+        with steps.step(f"exporting {args.image}"):
+            export_image(args.image, Path(export_dir), client)
+        with steps.step("listing the image's Python packages"):
+            packages = image_packages(args.image)
+        with steps.step(f"publishing the release in {args.releases}"):
+            manifest = publish_release(
+                args.releases,
+                args.bundle,
+                Path(export_dir),
+                packages,
+                fingerprint,
+                build_seconds=args.build_seconds,
+                signing_key=args.signing_key,
+            )
+    _print_json(manifest)
+    return 0
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     """Write an Ed25519 release-signing key pair (private key 0600) into --out."""
     from .signing import generate_key_pair
 
-    pair = _signing_call(generate_key_pair, args.out)
+    pair = generate_key_pair(args.out)
     _print_json(
         {"private_key": str(pair.private_key), "public_key": str(pair.public_key),
          "key_id": pair.key_id}
@@ -164,10 +259,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
-    """Sign a release directory's manifest.json (written from image.json for a bare export)."""
+    """Sign a release directory's manifest.json (completed first for a bare export)."""
     from .release import sign_release
 
-    _print_json(_signing_call(sign_release, args.release, args.signing_key))
+    _print_json(sign_release(args.release, args.signing_key))
     return 0
 
 
@@ -182,33 +277,47 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_wheelhouse(args: argparse.Namespace) -> int:
     from .image.wheelhouse import ensure_wheelhouse
 
-    wheels = ensure_wheelhouse(args.out)
+    with _steps(args, 1).step(f"downloading the pinned wheels into {args.out}"):
+        wheels = ensure_wheelhouse(args.out)
     _print_json({"wheelhouse": str(args.out), "wheels": [wheel.name for wheel in wheels]})
     return 0
 
 
 def cmd_base_image(args: argparse.Namespace) -> int:
-    import docker
-
     from .image.base_image import resolve_base_image
 
-    print(resolve_base_image(docker.from_env(), args.name, allow_pull=not args.no_pull))
+    with _steps(args, 1).step(f"resolving the base image {args.name}"):
+        name = resolve_base_image(_docker_client(), args.name, allow_pull=not args.no_pull)
+    print(name)
     return 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from .bundle import load_bundle
+    from .image.base_image import resolve_base_image
     from .image.build import build_image
+    from .image.wheelhouse import ensure_wheelhouse
 
-    built = build_image(
-        args.bundle,
-        args.tag,
-        args.wheelhouse,
-        base_image=args.base_image,
-        allow_pull=not args.no_pull,
-        use_cache=not args.no_cache,
-    )
+    steps = _steps(args, 4)
+    with steps.step("verifying the bundle"):
+        load_bundle(args.bundle)
+    with steps.step(f"resolving the base image {args.base_image}"):
+        client = _docker_client(timeout=600)
+        base_image = resolve_base_image(client, args.base_image, allow_pull=not args.no_pull)
+    with steps.step(f"checking the wheelhouse {args.wheelhouse}"):
+        ensure_wheelhouse(args.wheelhouse)
+    with steps.step(f"building {args.tag}"):
+        built = build_image(
+            args.bundle,
+            args.tag,
+            args.wheelhouse,
+            base_image=base_image,
+            allow_pull=False,  # resolved above
+            client=client,
+            use_cache=not args.no_cache,
+        )
     _print_json(asdict(built))
     return 0
 
@@ -218,31 +327,44 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from .image.export import export_image
 
-    _print_json(asdict(export_image(args.image, args.out)))
+    steps = _steps(args, 2)
+    with steps.step(f"finding {args.image}"):
+        client = _docker_client(timeout=600)
+        _require_image(client, args.image)
+    with steps.step(f"saving {args.image} into {args.out}"):
+        exported = export_image(args.image, args.out, client)
+    _print_json(asdict(exported))
     return 0
+
+
+def _read_json_from_image(client: docker.DockerClient, image: str, name: str) -> Any:
+    """BUNDLE_DIR/NAME in the image, decoded; UserError when the image has no such file."""
+    import docker.errors
+
+    from .image.export import read_file_from_image
+
+    path = f"{BUNDLE_DIR}/{name}"
+    try:
+        return json.loads(read_file_from_image(client, image, path))
+    except docker.errors.NotFound:
+        raise UserError(f"{image} has no {path}: it is not a LinkEdge serving image") from None
 
 
 def cmd_smoke(args: argparse.Namespace) -> int:
     """Start the image, check health and every smoke vector over HTTP, stop it."""
-    import docker
-
-    from .image.export import MODEL_CARD_IN_IMAGE, read_file_from_image
     from .image.smoke import check_smoke_vectors, start_service
 
-    client = docker.from_env()
-    smoke = json.loads(
-        read_file_from_image(
-            client, args.image, MODEL_CARD_IN_IMAGE.replace("model_card", "smoke_vectors")
-        )
-    )
-    features = json.loads(
-        read_file_from_image(
-            client, args.image, MODEL_CARD_IN_IMAGE.replace("model_card", "schema")
-        )
-    )["features"]
-    service = start_service(args.image, client)
+    steps = _steps(args, 3)
+    with steps.step(f"reading the smoke vectors of {args.image}"):
+        client = _docker_client()
+        _require_image(client, args.image)
+        smoke = _read_json_from_image(client, args.image, SMOKE_VECTORS_FILE)
+        features = _read_json_from_image(client, args.image, SCHEMA_FILE)["features"]
+    with steps.step("starting the container"):
+        service = start_service(args.image, client)
     try:
-        mismatches = check_smoke_vectors(service.base_url, smoke, features)
+        with steps.step(f"checking {len(smoke)} smoke vectors"):
+            mismatches = check_smoke_vectors(service.base_url, smoke, features)
     finally:
         service.stop()
     _print_json(
@@ -256,69 +378,133 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     return 1 if mismatches else 0
 
 
+def _check_can_listen(host: str, port: int) -> None:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn does
+            probe.bind((host, port))
+    except (OSError, OverflowError) as exc:  # in use, no such address, port out of range
+        reason = getattr(exc, "strerror", None) or exc
+        raise UserError(
+            f"cannot listen on {host}:{port} ({reason}): stop what uses it or pass another "
+            "--port or --host"
+        ) from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serving.server import run, run_from_env
 
     if args.bundle is None and args.port is None:
         run_from_env()  # the container's entrypoint: everything from LINKEDGE_* variables
         return 0
-    bundle = args.bundle or Path(os.environ.get("LINKEDGE_BUNDLE", "/opt/linkedge/model"))
-    run(bundle, host=args.host, port=args.port or 8080, workers=args.workers)
+    bundle = args.bundle or Path(os.environ.get(ENV_BUNDLE, BUNDLE_DIR))
+    port = args.port or DEFAULT_PORT
+    _check_can_listen(args.host, port)  # else gunicorn retries for 5 s and logs each try
+    try:
+        run(bundle, host=args.host, port=port, workers=args.workers)
+    except ValueError as exc:  # run() checks every setting before gunicorn starts
+        raise UserError(str(exc)) from exc
     return 0
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
-    """Exit 0 when the local server is ready (the image's HEALTHCHECK)."""
+    """Exit 0 when the local server is ready (the image's HEALTHCHECK), 1 when not."""
     import urllib.request
 
-    port = args.port or int(os.environ.get("LINKEDGE_PORT", "8080"))
+    port = args.port or int(os.environ.get(ENV_PORT, str(DEFAULT_PORT)))
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{READY_PATH}", timeout=2) as resp:
             return 0 if resp.status == 200 else 1
     except OSError as exc:
         print(f"not ready: {exc}", file=sys.stderr)
         return 1
 
 
-def _post_with_token(url: str, payload: object, token_file: Path) -> tuple[int, object]:
-    """POST JSON with ``Authorization: Bearer`` and the token read from ``token_file``."""
-    import urllib.error
-    import urllib.request
+def _server_url(url: str) -> str:
+    from urllib.parse import urlsplit
 
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UserError(f"--url must be an http:// or https:// address, got {url!r}")
+    return url.rstrip("/")
+
+
+def _read_token(token_file: Path) -> str:
     from .serving.auth import read_token_file
 
     try:
-        token = read_token_file(token_file).decode("ascii")
-    except ValueError as exc:  # unreadable, empty or malformed: a one-line error, exit 2
-        raise UsageError(str(exc).replace("LINKEDGE_API_TOKEN_FILE", "--token-file")) from None
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST")
+        return read_token_file(token_file).decode("ascii")
+    except ValueError as exc:  # unreadable, empty or malformed
+        raise UserError(str(exc).replace("LINKEDGE_API_TOKEN_FILE", "--token-file")) from None
+
+
+def _decode_body(body: bytes) -> Any:
+    """JSON when the body is JSON, else its text."""
+    try:
+        return json.loads(body or b"null")
+    except ValueError:
+        return body.decode(errors="replace")
+
+
+def _post_json(server: str, path: str, payload: object, token: str | None) -> tuple[int, Any]:
+    """POST JSON to SERVER + PATH (with ``Authorization: Bearer`` when a token is given);
+    (HTTP status, decoded body), or UserError when the server cannot be reached."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        server + path, data=json.dumps(payload).encode(), method="POST"
+    )
     request.add_header("Content-Type", "application/json")
-    request.add_header("Authorization", f"Bearer {token}")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
+            return response.status, _decode_body(response.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
+        return exc.code, _decode_body(exc.read())
+    except OSError as exc:  # URLError (refused, unknown host), a timeout, a reset
+        reason = getattr(exc, "reason", exc)
+        raise UserError(
+            f"cannot reach the server at {server} ({reason}): start one "
+            f"(`{PROG} serve --bundle DIR`) or pass the right --url"
+        ) from None
+
+
+def _answer_text(body: Any, limit: int = 300) -> str:
+    """An error answer on one line: its "error" field, else its text, shortened."""
+    text = body.get("error", body) if isinstance(body, dict) else body
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def cmd_send(args: argparse.Namespace) -> int:
     """POST rows of an APS CSV file to a running server's /predict and print the answers."""
     from .data import load_aps_csv
-    from .image.smoke import http_json
     from .schema import APS_FEATURES
     from .smoke_vectors import to_json_inputs
 
+    server = _server_url(args.url)
+    token = None if args.token_file is None else _read_token(args.token_file)
+    if args.rows < 1 or args.skip < 0:
+        raise UserError(
+            f"--rows must be at least 1 and --skip at least 0: {args.rows}, {args.skip}"
+        )
     dataset = load_aps_csv(args.csv)
     rows = dataset.features[args.skip : args.skip + args.rows]
+    if not len(rows):
+        raise UserError(f"--skip {args.skip} leaves no row of {args.csv} ({dataset.rows} rows)")
     instances = [dict(zip(APS_FEATURES, to_json_inputs(row), strict=True)) for row in rows]
-    url = f"{args.url.rstrip('/')}/predict"
-    if args.token_file is None:
-        status, body = http_json(url, {"instances": instances})
-    else:
-        status, body = _post_with_token(url, {"instances": instances}, args.token_file)
-    if status != 200:
-        print(f"server answered {status}: {body}", file=sys.stderr)
+    status, body = _post_json(server, PREDICT_PATH, {"instances": instances}, token)
+    if status in (401, 403):
+        raise UserError(f"{server} answered {status} ({_answer_text(body)}): pass --token-file")
+    if status != 200:  # the server's fault, not the user's: status 1
+        print(f"{PROG} send: {server} answered {status}: {_answer_text(body)}", file=sys.stderr)
         return 1
+    if not isinstance(body, dict) or not isinstance(body.get("predictions"), list):
+        raise UserError(f"{server}{PREDICT_PATH} answered without predictions: is it LinkEdge?")
     predictions = body["predictions"]
     flagged = [i for i, p in enumerate(predictions) if p["label"] == "pos"]
     print(
@@ -336,9 +522,13 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="linkedge-image", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show numbered steps and log details"
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="what to do (COMMAND -h: options)"
+    )
 
     p = commands.add_parser("download", help="fetch the official UCI archive and verify it")
     p.add_argument("--out", type=Path, required=True, help="directory for the two CSV files")
@@ -369,12 +559,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fingerprint)
 
     p = commands.add_parser("publish", help="export an image and publish it as a release")
-    p.add_argument("--releases", type=Path, required=True)
-    p.add_argument("--bundle", type=Path, required=True)
-    p.add_argument("--image", required=True)
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--settings", default="{}")
-    p.add_argument("--build-seconds", type=float)
+    p.add_argument("--releases", type=Path, required=True, help="releases directory")
+    p.add_argument("--bundle", type=Path, required=True, help="the bundle the image serves")
+    p.add_argument("--image", required=True, help="the serving image (name:tag) to publish")
+    p.add_argument("--data", type=Path, required=True, help="APS data directory it was built from")
+    p.add_argument("--settings", default="{}", help="JSON of the settings that shaped the build")
+    p.add_argument("--build-seconds", type=float, help="build time to record in the manifest")
     p.add_argument(
         "--signing-key", type=Path, help="Ed25519 private key: sign manifest.json (keygen)"
     )
@@ -390,57 +580,78 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sign)
 
     p = commands.add_parser("verify", help="check a bundle's checksums")
-    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
     p.set_defaults(func=cmd_verify)
 
     p = commands.add_parser("wheelhouse", help="download the image's pinned wheels")
-    p.add_argument("--out", type=Path, default=DEFAULT_WHEELHOUSE)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_WHEELHOUSE,
+        help="wheel directory (default: %(default)s)",
+    )
     p.set_defaults(func=cmd_wheelhouse)
 
     p = commands.add_parser("base-image", help="make sure a base image exists locally")
-    p.add_argument("--name", default="debian:bookworm-slim")
+    p.add_argument(
+        "--name",
+        default=DEFAULT_BASE_IMAGE,
+        help="image to use (default: %(default)s; falls back to a local debootstrap build when "
+        "a pull fails, or with --no-pull when this Debian image is absent)",
+    )
     p.add_argument("--no-pull", action="store_true", help="never try a registry")
     p.set_defaults(func=cmd_base_image)
 
     p = commands.add_parser("build", help="build the serving image from a bundle")
-    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
     p.add_argument("--tag", required=True, help="image name:tag")
     p.add_argument(
         "--base-image",
-        default="debian:bookworm-slim",
+        default=DEFAULT_BASE_IMAGE,
         help="base image (falls back to a local debootstrap build when unavailable)",
     )
     p.add_argument("--no-pull", action="store_true", help="never try a registry")
-    p.add_argument("--wheelhouse", type=Path, default=DEFAULT_WHEELHOUSE)
+    p.add_argument(
+        "--wheelhouse",
+        type=Path,
+        default=DEFAULT_WHEELHOUSE,
+        help="wheel directory, filled when wheels are missing (default: %(default)s)",
+    )
     p.add_argument("--no-cache", action="store_true", help="rebuild every layer")
     p.set_defaults(func=cmd_build)
 
     p = commands.add_parser("export", help="docker save the image with sha256 and model card")
-    p.add_argument("--image", required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--image", required=True, help="image name:tag to export")
+    p.add_argument("--out", type=Path, required=True, help="directory for the archive and card")
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("smoke", help="run the image and check its smoke vectors")
-    p.add_argument("--image", required=True)
+    p.add_argument("--image", required=True, help="image name:tag to run")
     p.set_defaults(func=cmd_smoke)
 
     p = commands.add_parser("serve", help="serve a bundle with gunicorn (no Docker)")
-    p.add_argument("--bundle", type=Path)
-    p.add_argument("--port", type=int)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        help=f"model bundle directory (default: ${ENV_BUNDLE} or {BUNDLE_DIR})",
+    )
+    p.add_argument("--port", type=int, help=f"TCP port (default: {DEFAULT_PORT})")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     p.add_argument("--workers", type=int, help="default: one per available core")
     p.set_defaults(func=cmd_serve)
 
     p = commands.add_parser("healthcheck", help="exit 0 when the local server is ready")
-    p.add_argument("--port", type=int)
+    p.add_argument("--port", type=int, help=f"server port (default: ${ENV_PORT} or {DEFAULT_PORT})")
     p.set_defaults(func=cmd_healthcheck)
 
     p = commands.add_parser("send", help="send CSV rows to a server's /predict")
-    p.add_argument("--url", default="http://127.0.0.1:8080")
-    p.add_argument("--csv", type=Path, required=True)
+    p.add_argument(
+        "--url", default=f"http://127.0.0.1:{DEFAULT_PORT}", help="server (default: %(default)s)"
+    )
+    p.add_argument("--csv", type=Path, required=True, help="APS CSV file (labeled or not)")
     p.add_argument("--rows", type=int, default=10, help="rows to send")
     p.add_argument("--show", type=int, default=10, help="print this many rows and flagged ones")
-    p.add_argument("--skip", type=int, default=0)
+    p.add_argument("--skip", type=int, default=0, help="rows of the file to skip first")
     p.add_argument(
         "--token-file",
         type=Path,
@@ -450,16 +661,107 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# --- user errors: one line, exit 2 -----------------------------------------------------------
+
+
+# The package's own error types, whose messages say what to do: (module, class) pairs, imported
+# only when an error is being reported (several modules need the Docker SDK or cryptography,
+# which the serving image lacks).
+_PACKAGE_ERRORS = (
+    ("inference_image.bundle", "BundleError"),
+    ("inference_image.data", "DataFormatError"),
+    ("inference_image.download", "DownloadError"),
+    ("inference_image.predictor", "PredictorError"),
+    ("inference_image.signing", "SigningError"),
+    ("inference_image.release", "ReleaseError"),
+    ("inference_image.image.wheelhouse", "WheelhouseError"),
+    ("inference_image.image.base_image", "BaseImageError"),
+    ("inference_image.image.build", "ImageBuildError"),
+    ("inference_image.image.export", "ExportError"),
+    ("inference_image.image.smoke", "SmokeTestError"),
+)
+
+
+def _package_errors() -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = [UserError]
+    for module, name in _PACKAGE_ERRORS:
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except ImportError:
+            continue
+    return tuple(found)
+
+
+def _docker_error_message(exc: BaseException) -> str | None:
+    errors = sys.modules.get("docker.errors")  # not imported: not a Docker error
+    if errors is None or not isinstance(exc, errors.DockerException):
+        return None
+    if isinstance(exc, errors.ImageNotFound):
+        return f"image not found ({exc.explanation}): build or pull it first"
+    if isinstance(exc, errors.APIError):
+        return f"the Docker engine refused: {exc.explanation or exc}"
+    return f"Docker: {exc}"
+
+
+def _xgboost_error_message(exc: BaseException) -> str | None:
+    core = sys.modules.get("xgboost.core")  # not imported: not an XGBoost error
+    if core is None or not isinstance(exc, core.XGBoostError):
+        return None
+    return f"XGBoost refused the training parameters: {exc}"
+
+
+def _os_error_message(exc: OSError) -> str:
+    import urllib.error
+
+    if isinstance(exc, urllib.error.URLError):
+        return f"cannot reach {exc.reason}"
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return exc.strerror or str(exc)
+
+
+def user_error_message(exc: BaseException) -> str | None:
+    """What to print for an error the user can fix; None for anything else (a bug)."""
+    library_message = _docker_error_message(exc) or _xgboost_error_message(exc)
+    if library_message is not None:
+        return library_message
+    if isinstance(exc, _package_errors()):
+        return str(exc)
+    if isinstance(exc, OSError):  # a missing or unreadable file, a full disk, the network
+        return _os_error_message(exc)
+    return None
+
+
+def one_line(message: str) -> str:
+    """MESSAGE's first line, plus its last when it has more (e.g. a log tail's error)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return "failed"
+    if len(lines) == 1:
+        return lines[0]
+    return f"{lines[0].rstrip(':')}: {lines[-1]} (-v shows all {len(lines)} lines)"
+
+
+def _report(command: str, message: str) -> None:
+    if "\n" in message.strip():
+        log.info("%s", message)  # the full text with -v
+    print(f"{PROG} {command}: {one_line(message)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from .errors import user_errors
-
     try:
         return int(args.func(args))
-    except user_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        _report(args.command, "interrupted")
+        return INTERRUPTED_STATUS
+    except Exception as exc:
+        message = user_error_message(exc)
+        if message is None:
+            raise  # a bug: the traceback is what its report needs
+        _report(args.command, message)
+        return USER_ERROR_STATUS

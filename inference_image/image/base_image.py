@@ -1,4 +1,7 @@
-"""Resolve the base image: the one asked for, else a pull, else a local debootstrap build."""
+"""Resolve the base image: the one asked for, else a pull, else a local debootstrap build.
+
+The local build is a Debian bookworm: it stands in for any image whose pull failed (the
+documented fallback), but without pulling (--no-pull) only for a Debian bookworm image."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import docker
 import docker.errors
 
 LOCAL_BASE_IMAGE = "linkedge/debian-base:bookworm"
+# What LOCAL_BASE_IMAGE can replace when pulling is disabled.
+BOOKWORM_IMAGES = ("debian:bookworm-slim", "debian:bookworm")
 MAKE_BASE_SCRIPT = Path(__file__).with_name("make-base-image.sh")
 log = logging.getLogger(__name__)
 
@@ -43,7 +48,10 @@ def build_local_base(name: str = LOCAL_BASE_IMAGE) -> str:
 
 
 def resolve_base_image(client: docker.DockerClient, requested: str, allow_pull: bool = True) -> str:
-    """Use `requested` if present or pullable; otherwise fall back to a local base image."""
+    """`requested` if present or pullable; otherwise the local debootstrap base image.
+
+    Without pulling, only a Debian bookworm image is replaced by the local base (with a
+    warning); any other absent image is a BaseImageError, never silently another image."""
     if _present(client, requested):
         return requested
     if allow_pull:
@@ -52,6 +60,13 @@ def resolve_base_image(client: docker.DockerClient, requested: str, allow_pull: 
             return requested
         except docker.errors.APIError as exc:
             log.warning("cannot pull %s (%s); falling back to %s", requested, exc, LOCAL_BASE_IMAGE)
+    elif requested in BOOKWORM_IMAGES:
+        log.warning("%s is absent and pulling is disabled: using %s", requested, LOCAL_BASE_IMAGE)
+    elif requested != LOCAL_BASE_IMAGE:
+        raise BaseImageError(
+            f"base image {requested} does not exist locally and pulling is disabled (--no-pull): "
+            "pull or build it first, or drop --no-pull"
+        )
     if _present(client, LOCAL_BASE_IMAGE):
         return LOCAL_BASE_IMAGE
     log.warning("building %s with debootstrap (about 30 s)", LOCAL_BASE_IMAGE)
