@@ -36,7 +36,7 @@ test-tools:
 
 # The project's own CI build: train, gate, build, smoke-test, publish (playbooks/build.yml).
 release: setup docker base-image wheelhouse
-	$(BIN)/ansible-playbook playbooks/build.yml
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/ansible-playbook playbooks/build.yml
 
 lint: setup
 	$(BIN)/ruff check inference_image tests plugins molecule bench
