@@ -12,7 +12,8 @@ The signature covers the exact bytes of manifest.json (no parsing, no canonicali
 changed byte, even whitespace, fails verification. The key id is the sha256 (hex) of the raw
 32-byte public key; it is in the signature file to name the key in messages, and is not trusted
 for anything else (the truck verifies with the key it was given, never with one the release
-names). The truck-side verifier is plugins/module_utils/release_signature.py.
+names). Verification is the truck's own code: plugins/module_utils/release_signature.py, linked
+here as inference_image/release_signature.py.
 """
 
 from __future__ import annotations
@@ -25,18 +26,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
 
-ALGORITHM = "ed25519"
+from . import release_signature
+from .contract import SIGNATURE_SUFFIX
+
+ALGORITHM = release_signature.ALGORITHM
 PRIVATE_KEY_FILE = "release-signing.key"
 PUBLIC_KEY_FILE = "release-signing.pub"
-SIGNATURE_SUFFIX = ".sig"
-SIGNATURE_BYTES = 64
 
 
 class SigningError(ValueError):
@@ -145,37 +146,15 @@ def sign_manifest(manifest: Path, private_key: Ed25519PrivateKey) -> Path:
     return target
 
 
-def read_signature(path: Path) -> tuple[str, bytes]:
-    """(key id named by the file, 64-byte signature) or SigningError."""
-    path = Path(path)
-    if not path.is_file():
-        raise SigningError(f"signature file {path} is missing: the release is not signed")
-    try:
-        record = json.loads(path.read_text())
-        if record.get("algorithm") != ALGORITHM:
-            raise SigningError(f"algorithm {record.get('algorithm')!r} is not {ALGORITHM!r}")
-        signature = base64.b64decode(record["signature"], validate=True)
-        named = str(record.get("key_id", ""))
-    except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
-        raise SigningError(f"signature file {path} is malformed: {exc}") from exc
-    if len(signature) != SIGNATURE_BYTES:
-        raise SigningError(
-            f"signature file {path} is malformed: the signature has {len(signature)} bytes, "
-            f"an Ed25519 signature has {SIGNATURE_BYTES}"
-        )
-    return named, signature
-
-
 def verify_manifest(manifest: Path, public_key: Ed25519PublicKey) -> str:
-    """Check MANIFEST.sig over MANIFEST's bytes with the trusted key; its key id, or raise."""
-    trusted = key_id(public_key)
-    named, signature = read_signature(signature_path(manifest))
+    """Check MANIFEST.sig over MANIFEST's bytes with the trusted key; its key id, or
+    SigningError. The check is the truck's own (release_signature.check_signature)."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    manifest = Path(manifest)
     try:
-        public_key.verify(signature, Path(manifest).read_bytes())
-    except InvalidSignature:
-        other = f" (the signature file names key {named})" if named and named != trusted else ""
-        raise SigningError(
-            f"signature does not match the trusted key {trusted}{other}: the manifest was "
-            f"altered or signed by another key; republish the release"
-        ) from None
-    return trusted
+        return release_signature.check_signature(
+            manifest.read_bytes(), str(signature_path(manifest)), raw
+        )
+    except release_signature.ReleaseRefused as exc:
+        # "nothing was loaded" is the truck's word; here nothing is loaded anyway.
+        raise SigningError(str(exc).removesuffix(f"; {release_signature.NOTHING_LOADED}")) from None

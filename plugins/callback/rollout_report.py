@@ -15,10 +15,11 @@ description:
     C(linkedge.edge.outcome_record)) in C(site.yml), C(rollout.yml) and C(rollback.yml) and, at
     the end of the run (also when the failure budget stopped it), writes C(<timestamp>.json) and
     C(latest.json) in the report directory and prints a summary.
-  - Trucks of the play without a record are C(pending) with a reason that starts with C(unreachable) when
-    the connection to them was lost (Ansible counted them unreachable, or a task failed because
-    the connection broke), C(failed) with the last error when a task failed on them before
-    their record was made, C(not_reached) otherwise (the rollout stopped before their wave).
+  - Trucks of the play without a record are C(pending), with a reason that starts with
+    C(unreachable), when the connection to them was lost (Ansible counted them unreachable,
+    or a task failed because the connection broke), C(failed) with the last error when a task
+    failed on them before their record was made, C(not_reached) otherwise (the rollout stopped
+    before their wave).
   - Does nothing in runs that publish no C(linkedge_outcome).
   - In check mode the report is written as C(<timestamp>-check.json) and C(latest.json) is kept.
 requirements:

@@ -11,6 +11,8 @@ settings, the smoke-vector check and the API token file's format.
 
 from __future__ import annotations
 
+import hashlib
+
 # --- labels -------------------------------------------------------------------------------
 # Written by the image builder on every serving image.
 LABEL_MODEL_NAME = "io.linkedge.model.name"
@@ -85,6 +87,15 @@ MANIFEST_REQUIRED = (
     "archive_bytes",
     "bundle_sha256",
 )
+
+
+def sha256_file(path, chunk_bytes: int = 1 << 20) -> str:
+    """The sha256 (hex) of a file, read in chunks (archives are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def previous_name(name: str) -> str:

@@ -4,13 +4,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 import re
 import tarfile
-
-CHUNK = 1 << 20
 
 
 class ArchiveError(Exception):
@@ -30,14 +27,6 @@ def normalize_sha256(text: str) -> str:
 
 def normalize_image_id(text: str) -> str:
     return "sha256:" + normalize_sha256(text)
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_manifest(path: str) -> tuple[str, list[str]]:

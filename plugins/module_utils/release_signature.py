@@ -22,7 +22,9 @@ import os
 import re
 import traceback
 
-from ansible_collections.linkedge.edge.plugins.module_utils.image_archive import sha256_file
+# Relative import: the builder imports this very file as inference_image.release_signature
+# (a link), next to inference_image.contract.
+from .contract import sha256_file
 
 try:
     from cryptography.exceptions import InvalidSignature
@@ -121,18 +123,12 @@ def read_signature(path: str) -> tuple:
     return str(record.get("key_id") or ""), signature
 
 
-def verify_signature(manifest_path: str, signature_path: str, public_key: str) -> tuple:
-    """Check the signature over the manifest's exact bytes; (manifest, its sha256, key id)."""
-    raw = raw_public_key(public_key)
+def check_signature(data: bytes, signature_path: str, raw: bytes) -> str:
+    """The trusted key's id when the signature file holds its Ed25519 signature over `data`
+    (the manifest's exact bytes); ReleaseRefused otherwise. The one verifier: the truck's
+    module and the builder (inference_image.signing) both call it."""
     trusted = key_id(raw)
-    if not os.path.isfile(manifest_path):
-        raise ReleaseRefused(
-            f"manifest {manifest_path} is missing: copy the release's manifest.json to the "
-            f"target; {NOTHING_LOADED}"
-        )
     named, signature = read_signature(signature_path)
-    with open(manifest_path, "rb") as handle:
-        data = handle.read()
     try:
         Ed25519PublicKey.from_public_bytes(raw).verify(signature, data)
     except InvalidSignature:
@@ -141,6 +137,20 @@ def verify_signature(manifest_path: str, signature_path: str, public_key: str) -
             f"signature does not match the trusted key {trusted}{other}: the manifest was "
             f"altered or signed by another key; republish the release; {NOTHING_LOADED}"
         ) from None
+    return trusted
+
+
+def verify_signature(manifest_path: str, signature_path: str, public_key: str) -> tuple:
+    """Check the signature over the manifest's exact bytes; (manifest, its sha256, key id)."""
+    raw = raw_public_key(public_key)
+    if not os.path.isfile(manifest_path):
+        raise ReleaseRefused(
+            f"manifest {manifest_path} is missing: copy the release's manifest.json to the "
+            f"target; {NOTHING_LOADED}"
+        )
+    with open(manifest_path, "rb") as handle:
+        data = handle.read()
+    trusted = check_signature(data, signature_path, raw)
     try:
         manifest = json.loads(data.decode("utf-8"))
     except ValueError as exc:

@@ -151,6 +151,7 @@ import os
 import tarfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.linkedge.edge.plugins.module_utils.contract import sha256_file
 from ansible_collections.linkedge.edge.plugins.module_utils.disk_space import (
     check as check_space,
 )
@@ -171,7 +172,6 @@ from ansible_collections.linkedge.edge.plugins.module_utils.image_archive import
     normalize_image_id,
     normalize_sha256,
     read_manifest,
-    sha256_file,
 )
 
 

@@ -1,0 +1,1 @@
+../plugins/module_utils/release_signature.py
