@@ -18,6 +18,16 @@ PYTHONS="$REPO/build/sanity-pythons"
 
 log() { printf '[ansible-sanity] %s\n' "$*" >&2; }
 
+# ansible-test reads tests/sanity/ignore-<major.minor>.txt for its own ansible-core version only.
+# meta/runtime.yml's requires_ansible covers the versions that have an ignore file (2.19): with
+# another ansible-core in $BIN, stop instead of reporting every ignored error as new.
+CORE_VERSION="$("$BIN/python" -c 'from ansible.release import __version__; print(".".join(__version__.split(".")[:2]))')"
+if [ ! -f "$REPO/tests/sanity/ignore-$CORE_VERSION.txt" ]; then
+  log "ansible-core $CORE_VERSION has no tests/sanity/ignore-$CORE_VERSION.txt: test with the version" \
+      "meta/runtime.yml requires, or add the file (and widen requires_ansible) once it passes"
+  exit 2
+fi
+
 # ansible-test bootstraps pip into each sanity virtualenv with a get-pip script it downloads
 # from ci-files.testing.ansible.com. When that host cannot be reached (PyPI can), cache a
 # stand-in that does the same from PyPI: ensurepip, then pip install the pinned packages.
