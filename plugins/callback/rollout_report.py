@@ -58,14 +58,19 @@ class CallbackModule(CallbackBase):
         super().__init__()
         self._basedir = os.getcwd()
         self._hosts: list[str] = []
-        self._unreachable: dict[str, str] = {}  # host -> what the lost connection said
+        self._unreachable: dict[str, dict] = {}  # host -> the result that lost the connection
         self._failed: dict[str, dict] = {}  # host -> its last failed result
         self._playbook = ""
         self._started = time.time()
         self._check = False
 
     def v2_runner_on_unreachable(self, result) -> None:
-        self._unreachable[result._host.get_name()] = str(result._result.get("msg") or "")
+        self._unreachable[result._host.get_name()] = dict(result._result)
+
+    def v2_runner_on_ok(self, result) -> None:
+        # A connection check tolerated with failed_when: false (rollout.yml's ping).
+        if result._result.get("failed_when_result") is False and transport_lost(result._result):
+            self._unreachable[result._host.get_name()] = dict(result._result)
 
     def v2_runner_on_failed(self, result, ignore_errors=False) -> None:
         if not ignore_errors:
@@ -107,7 +112,7 @@ class CallbackModule(CallbackBase):
             return {
                 "truck": host,
                 "outcome": "pending",
-                "reason": unreachable_reason(failed.get("msg")),
+                "reason": unreachable_reason(failed),
             }
         if failed is not None or stats.summarize(host).get("failures"):
             message = " ".join(str((failed or {}).get("msg") or "failed").split())[:500]

@@ -89,9 +89,15 @@ def transport_lost(result: dict | None) -> bool:
     return any(pattern in text for pattern in TRANSPORT_LOST)
 
 
-def unreachable_reason(message: str | None) -> str:
-    first = " ".join(str(message or "no answer").split())[:300]
-    return f"unreachable: {first}"
+def unreachable_reason(result: dict | None) -> str:
+    """'unreachable: <what the connection said>': the transport's own words (e.g. SSH's or the
+    Docker engine's) rather than Ansible's "Module result deserialization failed"."""
+    result = result or {}
+    message = str(result.get("msg") or "no answer")
+    if "deserialization failed" in message.lower():
+        said = str(result.get("module_stderr") or result.get("stderr") or "").strip()
+        message = said.splitlines()[-1] if said else message
+    return "unreachable: " + " ".join(message.split())[:300]
 
 
 def _version(facts: dict | None) -> str | None:
@@ -117,7 +123,7 @@ def outcome_of(steps: dict, check_mode: bool) -> tuple[str, str | None]:
     load = steps.get("load") or {}
     if failure:
         if transport_lost(failure):
-            return "pending", unreachable_reason(failure.get("msg"))
+            return "pending", unreachable_reason(failure)
         message = _failure_message(failure)
         if failure.get("outcome") == "rolled_back" or failure.get("rolled_back"):
             return "rolled_back", message

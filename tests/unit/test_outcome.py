@@ -1,0 +1,169 @@
+"""The one outcome record (plugins/module_utils/outcome.py): what each truck's run reports.
+
+Built from the results the inference_service role registers, as Ansible hands them to
+linkedge.edge.outcome_record; the Molecule scenarios check the same records end to end.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .fakes_docker import module_utils
+
+outcome = module_utils("outcome")
+
+RELEASE = {"version": "v2", "image_id": "sha256:" + "2" * 64, "key_id": "ab" * 32}
+BEFORE = {
+    "serving": {"model_version": "v1", "image_id": "sha256:" + "1" * 64},
+    "previous": None,
+}
+SWITCHED = {
+    "changed": True,
+    "outcome": "updated",
+    "model_version": "v2",
+    "image_id": RELEASE["image_id"],
+    "previous_model_version": "v1",
+    "previous_image_id": BEFORE["serving"]["image_id"],
+    "serving_gap_seconds": 0.0,
+    "cold_start_seconds": 0.3,
+}
+PROBED = {"model_version": "v2", "smoke_vectors_checked": 30}
+DELTA = {"path": "/c/delta-1.tar", "size_bytes": 184320, "full": False, "would_fail": False}
+
+
+def record(check_mode: bool = False, **steps) -> dict:
+    params = {"truck": "truck-1", "operation": "rollout", "release": RELEASE, "before": BEFORE}
+    params.update(steps)
+    return outcome.build_record(params, check_mode, now=1000.0)
+
+
+def test_an_update_reports_versions_bytes_and_the_delta():
+    got = record(transfer=DELTA, switch=SWITCHED, probe=PROBED, started=990.0)
+    assert got["outcome"] == "updated" and got["reason"] is None
+    assert (got["previous_version"], got["new_version"], got["serving_version"]) == (
+        "v1",
+        "v2",
+        "v2",
+    )
+    assert got["image_id"] == RELEASE["image_id"] and got["key_id"] == RELEASE["key_id"]
+    assert got["bytes_transferred"] == 184320 and got["delta"] is True
+    assert got["duration_seconds"] == 10.0 and got["smoke_vectors_checked"] == 30
+    assert list(got) == list(outcome.FIELDS)
+
+
+def test_the_same_release_again_is_unchanged_and_sends_nothing():
+    same = dict(SWITCHED, changed=False, outcome="unchanged")
+    got = record(switch=same, probe=PROBED)
+    assert got["outcome"] == "unchanged" and not got["changed"]
+    assert got["bytes_transferred"] == 0 and got["delta"] is False
+
+
+@pytest.mark.parametrize(
+    ("failed_task", "prefix"),
+    [
+        ("Verify | Check the signature on the truck", "release refused: "),
+        ("Transfer | Build (or reuse) the archive", "transfer failed: "),
+        ("Switch | Make the release the serving container", "switch failed: "),
+        ("an unnamed task", ""),
+    ],
+)
+def test_a_failure_names_its_stage_and_what_still_serves(failed_task, prefix):
+    failure = {"failed": True, "msg": "needs 300 MiB free, only 64 MiB free"}
+    got = record(failure=failure, failed_task=failed_task)
+    assert got["outcome"] == "failed"
+    assert got["reason"] == prefix + "needs 300 MiB free, only 64 MiB free"
+    assert got["serving_version"] == "v1" and got["image_id"] == BEFORE["serving"]["image_id"]
+    assert got["bytes_transferred"] == 0 and not got["changed"]
+
+
+def test_a_rolled_back_switch_serves_the_previous_version():
+    failure = {
+        "failed": True,
+        "outcome": "rolled_back",
+        "rolled_back": True,
+        "reason": "candidate failed its smoke vectors",
+        "previous_model_version": "v1",
+        "previous_image_id": BEFORE["serving"]["image_id"],
+    }
+    got = record(transfer=DELTA, failure=failure, failed_task="Switch | Make ...")
+    assert got["outcome"] == "rolled_back"
+    assert got["reason"] == "candidate failed its smoke vectors"  # the module's own words
+    assert got["serving_version"] == "v1" and got["image_id"] == BEFORE["serving"]["image_id"]
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        (
+            {
+                "msg": "Module result deserialization failed: No start of json char found",
+                "module_stderr": "Error response from daemon: Container t1 is paused, unpause",
+            },
+            "unreachable: Error response from daemon: Container t1 is paused, unpause",
+        ),
+        (
+            {"unreachable": True, "msg": "Failed to connect to the host via ssh: refused"},
+            "unreachable: Failed to connect to the host via ssh: refused",
+        ),
+        (
+            {"msg": 'Data could not be sent to remote host "10.0.0.9".'},
+            'unreachable: Data could not be sent to remote host "10.0.0.9".',
+        ),
+    ],
+)
+def test_a_lost_connection_is_pending_in_words(failure, reason):
+    got = record(failure=failure, failed_task="Transfer | Send the archive to the truck")
+    assert got["outcome"] == "pending" and got["reason"] == reason
+
+
+def test_an_ordinary_failure_is_not_taken_for_a_lost_connection():
+    assert not outcome.transport_lost({"msg": "signature does not match the trusted key"})
+    assert not outcome.transport_lost(None)
+
+
+def test_check_mode_says_what_would_happen():
+    full = {"path": "/r/a.tar", "size_bytes": 9, "full": True, "would_fail": False}
+    assert record(True, transfer=full, switch={"changed": True})["outcome"] == "would_update"
+    assert record(True, transfer=full, switch={"changed": True})["bytes_transferred"] == 0
+    refused = dict(full, would_fail=True, disk_space={"msg": "needs 1 GiB free"})
+    got = record(True, transfer=refused)
+    assert (got["outcome"], got["reason"]) == ("would_fail", "needs 1 GiB free")
+    assert record(True, switch={"changed": False})["outcome"] == "unchanged"
+
+
+def test_a_rollback_is_recorded_as_such():
+    back = dict(SWITCHED, model_version="v1", image_id=BEFORE["serving"]["image_id"])
+    got = outcome.build_record(
+        {
+            "truck": "truck-1",
+            "operation": "rollback",
+            "release": {"version": "v1", "image_id": BEFORE["serving"]["image_id"]},
+            "before": {"serving": {"model_version": "v2"}},
+            "switch": back,
+            "probe": {"model_version": "v1"},
+        },
+        False,
+        now=5.0,
+    )
+    assert (got["operation"], got["outcome"], got["previous_version"]) == (
+        "rollback",
+        "updated",
+        "v2",
+    )
+    assert got["serving_version"] == "v1" and got["bytes_transferred"] == 0
+
+
+def test_the_state_file_is_replaced_whole(tmp_path: Path):
+    path = tmp_path / "lib" / "last-outcome.json"
+    first = record(switch=SWITCHED, probe=PROBED)
+    outcome.write_state(str(path), first)
+    assert outcome.read_state(str(path)) == first
+    second = dict(first, outcome="unchanged")
+    outcome.write_state(str(path), second)
+    assert json.loads(path.read_text()) == second
+    assert [p.name for p in path.parent.iterdir()] == ["last-outcome.json"]  # no temporaries
+    path.write_text("{not json")
+    assert outcome.read_state(str(path)) is None  # a torn file never breaks edge_facts
