@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from inference_image.contract import SMOKE_TOLERANCE
+
 from .bodies import BINARY_HEADER, Body, BodyFactory
 
-TOLERANCE = 1e-6
+TOLERANCE = SMOKE_TOLERANCE  # the contract's: what every smoke check allows
 
 
 class WrongAnswer(AssertionError):

@@ -432,12 +432,12 @@ def _server_url(url: str) -> str:
 
 
 def _read_token(token_file: Path) -> str:
-    from .serving.auth import read_token_file
+    from .contract import TokenFileError, read_token_file
 
     try:
-        return read_token_file(token_file).decode("ascii")
-    except ValueError as exc:  # unreadable, empty or malformed
-        raise UserError(str(exc).replace("LINKEDGE_API_TOKEN_FILE", "--token-file")) from None
+        return read_token_file(token_file, setting="--token-file")
+    except TokenFileError as exc:  # unreadable, empty or malformed
+        raise UserError(str(exc)) from None
 
 
 def _decode_body(body: bytes) -> Any:
