@@ -43,7 +43,8 @@ def best_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
     """The probability threshold (predict pos when p >= t) with the lowest official cost.
 
     Every cut between two distinct probabilities is tried; the chosen threshold is the
-    midpoint of the cut, so it generalises instead of sitting on a training score.
+    midpoint of the cut, so it generalises instead of sitting on a training score (the upper
+    score when the two are neighbouring floats, whose midpoint is not between them).
     """
     labels = np.asarray(labels).astype(bool)
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -64,4 +65,7 @@ def best_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
         return float(np.nextafter(scores[0], np.inf))  # nothing positive
     if k == scores.size:
         return float(scores[-1])  # everything positive
-    return float((scores[k - 1] + scores[k]) / 2)
+    middle = (scores[k - 1] + scores[k]) / 2
+    # Between two neighbouring floats the midpoint rounds to one of them; the upper one still
+    # realises the cut, the lower one would flag the rows scoring it as well.
+    return float(middle if middle > scores[k] else scores[k - 1])

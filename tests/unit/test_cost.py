@@ -45,3 +45,50 @@ def test_threshold_when_nothing_should_be_positive():
     labels = np.zeros(5)
     scores = np.linspace(0.1, 0.9, 5)
     assert not np.any(scores >= best_threshold(labels, scores))
+
+
+def realised_cost(labels: np.ndarray, scores: np.ndarray, threshold: float) -> int:
+    return cost_report(labels, scores >= threshold).cost
+
+
+def cheapest_realisable_cost(labels: np.ndarray, scores: np.ndarray) -> int:
+    """Brute force over every prediction `score >= t` can give: t at each distinct score, or
+    above them all (nothing positive)."""
+    candidates = [*np.unique(scores).tolist(), np.inf]
+    return min(realised_cost(labels, scores, t) for t in candidates)
+
+
+def test_threshold_never_cuts_between_tied_scores():
+    # On paper the cheapest cut (cost 10) separates the positive from the 60 negatives tied with
+    # it at 0.5; no threshold can: >= 0.5 also flags them all (610), above 0.5 misses the
+    # positive. The best realisable choice is flagging nothing above 0.9: 500.
+    labels = np.array([0, 1] + [0] * 60 + [0, 0, 0])
+    scores = np.array([0.9] + [0.5] * 61 + [0.1, 0.1, 0.1])
+    threshold = best_threshold(labels, scores)
+    assert cheapest_realisable_cost(labels, scores) == 500
+    assert realised_cost(labels, scores, threshold) == 500
+    assert not np.any(scores >= threshold)
+
+
+def test_threshold_between_adjacent_floats_is_realisable():
+    # The midpoint of two neighbouring doubles rounds to one of them: here to the lower one,
+    # which would flag the five negatives too.
+    high = float(np.nextafter(0.5, 1.0))
+    labels = np.array([1, 0, 0, 0, 0, 0])
+    scores = np.array([high] + [0.5] * 5)
+    threshold = best_threshold(labels, scores)
+    assert (scores >= threshold).tolist() == [True] + [False] * 5
+    assert realised_cost(labels, scores, threshold) == 0
+
+
+def test_threshold_realises_the_cheapest_prediction_with_many_ties():
+    # Rare positives among many tied negatives (a miss costs 50 false alarms), as in APS.
+    rng = np.random.default_rng(2024)
+    for _ in range(500):
+        n = int(rng.integers(1, 300))
+        scores = rng.integers(0, 6, n) / 5  # six distinct scores: ties everywhere
+        labels = rng.random(n) < rng.uniform(0.001, 0.1)
+        threshold = best_threshold(labels, scores)
+        assert realised_cost(labels, scores, threshold) == cheapest_realisable_cost(
+            labels, scores
+        ), (scores.tolist(), labels.astype(int).tolist(), threshold)
