@@ -11,11 +11,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "resources" / "tests"))
+from truck_api import save_figures  # shared with the other scenarios' tests
 
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
 EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
@@ -157,8 +161,7 @@ def no_failed_request(prober: Prober, figure: str) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def figures():
     yield FIGURES
-    print(f"\nFIGURES: {json.dumps(FIGURES, indent=1, sort_keys=True)}")
-    (EPHEMERAL / "fleet-figures.json").write_text(json.dumps(FIGURES, indent=1, sort_keys=True))
+    save_figures("fleet", FIGURES, PROJECT, EPHEMERAL)
 
 
 def test_fleet_starts_on_v1():

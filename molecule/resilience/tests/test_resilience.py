@@ -28,7 +28,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "resources" / "tests"))
-from truck_api import Release  # shared with the other scenarios' tests
+from truck_api import (
+    Release,  # shared with the other scenarios' tests
+    save_figures,
+)
 from truck_api import truck_http as shared_truck_http
 
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
@@ -208,8 +211,7 @@ def power_cut(runner: subprocess.Popen) -> float:
 @pytest.fixture(scope="module", autouse=True)
 def figures():
     yield FIGURES
-    print(f"\nFIGURES: {json.dumps(FIGURES, indent=1, sort_keys=True)}")
-    (EPHEMERAL / "resilience-figures.json").write_text(json.dumps(FIGURES, indent=1))
+    save_figures("resilience", FIGURES, PROJECT, EPHEMERAL)
 
 
 def test_truck_starts_on_v1_without_v2():
@@ -286,8 +288,12 @@ def test_power_cut_during_transfer():
     back_to_v1(remove_v2=True)
     # site.yml ships the full archive (the rollout's model-only delta is too small to catch).
     runner = playbook(
-        "site.yml", "-e", f"inference_service_release_dir={RELEASES / 'v2'}",
-        "-e", "inference_service_transfer=full", background=True
+        "site.yml",
+        "-e",
+        f"inference_service_release_dir={RELEASES / 'v2'}",
+        "-e",
+        "inference_service_transfer=full",
+        background=True,
     )
     assert wait_on_truck(
         "find /root/.ansible/tmp /var/tmp/linkedge -type f -size +20M 2>/dev/null | grep -q .",
@@ -312,8 +318,12 @@ def test_power_cut_during_transfer():
 def test_power_cut_during_load():
     back_to_v1(remove_v2=True)
     runner = playbook(
-        "site.yml", "-e", f"inference_service_release_dir={RELEASES / 'v2'}",
-        "-e", "inference_service_transfer=full", background=True
+        "site.yml",
+        "-e",
+        f"inference_service_release_dir={RELEASES / 'v2'}",
+        "-e",
+        "inference_service_transfer=full",
+        background=True,
     )
     assert wait_on_truck(f"ls -d {DOCKER_ROOT}/tmp/docker-import-* >/dev/null 2>&1", runner), (
         "the load was never observed"

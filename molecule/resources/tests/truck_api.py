@@ -81,3 +81,32 @@ def truck_http(
         return 0, done.stderr.decode(errors="replace")
     answer = json.loads(done.stdout)
     return answer["status"], answer["body"]
+
+
+def save_figures(scenario: str, figures: dict, project: Path, ephemeral: Path) -> None:
+    """A scenario's measured figures: <ephemeral>/<scenario>-figures.json for the run, and
+    <project>/build/figures/<scenario>.json (with time and commit), which scripts/figures.py
+    renders into docs/figures.md."""
+    import subprocess
+    import time
+
+    def git(*args: str) -> str:
+        run = subprocess.run(["git", "-C", str(project), *args], capture_output=True, text=True)
+        return run.stdout.strip()
+
+    text = json.dumps(figures, indent=1, sort_keys=True)
+    print(f"\nFIGURES: {text}")
+    (ephemeral / f"{scenario}-figures.json").write_text(text)
+    record = {
+        "scenario": scenario,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "git": {
+            "commit": git("rev-parse", "HEAD") or None,
+            "dirty": bool(git("status", "--porcelain")),
+        },
+        "figures": figures,
+    }
+    (project / "build" / "figures").mkdir(parents=True, exist_ok=True)
+    (project / "build" / "figures" / f"{scenario}.json").write_text(
+        json.dumps(record, indent=1) + "\n"
+    )
