@@ -71,7 +71,7 @@ molecule-fleet: setup truck-image molecule-releases
 molecule-resilience: setup truck-image molecule-releases
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/molecule test -s resilience
 
-test: lint sanity setup docker base-image wheelhouse test-tools release
+test: lint sanity setup docker base-image wheelhouse test-tools release truck-image molecule-releases
 	$(BIN)/pytest -q tests
 	$(MAKE) molecule
 	$(MAKE) molecule-fleet
