@@ -39,8 +39,8 @@ release: setup docker base-image wheelhouse
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/ansible-playbook playbooks/build.yml
 
 lint: setup
-	$(BIN)/ruff check inference_image tests plugins molecule bench
-	$(BIN)/ruff format --check inference_image tests plugins molecule bench
+	$(BIN)/ruff check inference_image tests plugins molecule bench scripts
+	$(BIN)/ruff format --check inference_image tests plugins molecule bench scripts
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/ansible-lint
 
 # ansible-test sanity for plugins/ (in a copy under build/ansible_collections/linkedge/edge).
