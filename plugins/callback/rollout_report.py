@@ -20,7 +20,9 @@ description:
     or a task failed because the connection broke), C(failed) with the last error when a task
     failed on them before their record was made, C(not_reached) otherwise (the rollout stopped
     before their wave).
-  - Does nothing in runs that publish no C(linkedge_outcome).
+  - Does nothing in runs that publish no C(linkedge_outcome), unless a play sets the variable
+    C(linkedge_outcome_report), as site.yml, rollout.yml and rollback.yml do; then a run whose
+    trucks were all out of coverage still gets its report, every truck C(pending).
   - In check mode the report is written as C(<timestamp>-check.json) and C(latest.json) is kept.
 requirements:
   - enable it with C(callbacks_enabled = linkedge.edge.rollout_report) in ansible.cfg
@@ -42,6 +44,7 @@ import time
 from ansible.plugins.callback import CallbackBase
 from ansible_collections.linkedge.edge.plugins.module_utils.outcome import (
     OUTCOMES,
+    REPORT_PLAY_VAR,
     STATS_KEY,
     transport_lost,
     unreachable_reason,
@@ -60,6 +63,7 @@ class CallbackModule(CallbackBase):
         self._hosts: list[str] = []
         self._unreachable: dict[str, dict] = {}  # host -> the result that lost the connection
         self._failed: dict[str, dict] = {}  # host -> its last failed result
+        self._reporting = False
         self._playbook = ""
         self._started = time.time()
         self._check = False
@@ -81,6 +85,10 @@ class CallbackModule(CallbackBase):
         self._started = time.time()
 
     def v2_playbook_on_play_start(self, play) -> None:
+        # Plays that apply releases say so (site, rollout, rollback): they get a report even
+        # when no truck could make a record (all out of coverage).
+        play_vars = getattr(play, "vars", None) or {}
+        self._reporting = self._reporting or bool(play_vars.get(REPORT_PLAY_VAR))
         self._check = bool(getattr(play, "check_mode", False))
         try:
             from ansible import context
@@ -125,7 +133,7 @@ class CallbackModule(CallbackBase):
 
     def v2_playbook_on_stats(self, stats) -> None:
         records = dict((stats.custom.get("_run") or {}).get(STATS_KEY) or {})
-        if not records:
+        if not records and not self._reporting:
             return
         trucks = {}
         for host in self._hosts or sorted(records):

@@ -15,6 +15,8 @@ import os
 import tempfile
 
 STATS_KEY = "linkedge_outcome"
+# A play variable: this play applies releases, report it even when no truck made a record.
+REPORT_PLAY_VAR = "linkedge_outcome_report"
 DEFAULT_STATE_FILE = "/var/lib/linkedge/last-outcome.json"
 
 # Every outcome a record can carry; the report counts them in this order.

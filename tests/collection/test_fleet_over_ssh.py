@@ -58,12 +58,14 @@ def truck(tmp_path_factory) -> dict:
     checked(run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key]))
     inventory = rig / "trucks.ini"
     inventory.write_text(f"[trucks]\n{TRUCK}\n")
-    simulated_fleet(inventory, "-e", f"simulated_fleet_ssh_public_key={key}.pub")
-    address = checked(
-        run(["docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}", TRUCK])
-    ).stdout
-    yield {"address": json.loads(address)[NETWORK]["IPAddress"], "key": key}
-    simulated_fleet(inventory, "-e", "simulated_fleet_state=absent")
+    try:
+        simulated_fleet(inventory, "-e", f"simulated_fleet_ssh_public_key={key}.pub")
+        address = checked(
+            run(["docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}", TRUCK])
+        ).stdout
+        yield {"address": json.loads(address)[NETWORK]["IPAddress"], "key": key}
+    finally:
+        simulated_fleet(inventory, "-e", "simulated_fleet_state=absent")
 
 
 @pytest.fixture(scope="module")
