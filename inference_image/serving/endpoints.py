@@ -17,14 +17,7 @@ from .auth import BearerAuth
 from .config import ServingConfig
 from .metrics import ServingMetrics
 from .model import ServedModel
-from .payloads import (
-    InferParser,
-    PayloadError,
-    RecordParser,
-    parse_json,
-    read_body,
-    read_json_body,
-)
+from .payloads import InferParser, PayloadError, RecordParser, read_infer_body, read_json_body
 from .responses import ResponseEncoder
 
 Headers = list[tuple[str, str]]
@@ -72,21 +65,9 @@ class PredictionEndpoints:
     def infer(self, environ: Mapping[str, Any]) -> tuple[bytes, Headers]:
         self.authorize(environ)
         self.require_ready()
-        header_length = environ.get(binary.HEADER_ENVIRON)
-        if header_length is None:
-            parsed = self.tensors.parse(read_json_body(environ, self.max_body_bytes))
-        else:
-            content_type = environ.get("CONTENT_TYPE") or ""
-            if binary.media_type(content_type) not in binary.ACCEPTED_MEDIA_TYPES:
-                raise PayloadError(
-                    f"Content-Type must be {binary.MEDIA_TYPE} (or none) with "
-                    f"{binary.HEADER}, got {content_type[:100]!r}",
-                    status=415,
-                )
-            head, tail = binary.split_body(
-                read_body(environ, self.max_body_bytes), header_length.strip()
-            )
-            parsed = self.tensors.parse(parse_json(head), tail)
+        # JSON (Content-Type application/json or none), or the binary tensor extension
+        # when Inference-Header-Content-Length is present.
+        parsed = self.tensors.parse(*read_infer_body(environ, self.max_body_bytes))
         probabilities, positive = self._predict(parsed.rows)
         body, json_length = self.encoder.inference(parsed, probabilities, positive)
         if json_length is None:

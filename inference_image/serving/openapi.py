@@ -18,6 +18,14 @@ _BINARY_DESCRIPTION = (
     "`parameters.binary_data_output` (request) or `parameters.binary_data` (output) to true "
     "to get outputs the same way."
 )
+_INFER_BODY_DESCRIPTION = (
+    "An InferenceRequest in JSON, or the binary tensor data extension. A body without "
+    f"`{binary.HEADER}` is JSON: its Content-Type may be application/json or omitted "
+    "altogether (tritonclient.http's JSON mode sends none). In the `data` of an FP32/FP64 "
+    "input, null and the bare token `NaN` (as Python's json module and tritonclient write "
+    "it; not strict JSON) both mean a missing value, exactly as NaN in binary data does. "
+    "`NaN` anywhere else, `Infinity` and `-Infinity` are refused (400)."
+)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -28,15 +36,19 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {_JSON: {"schema": schema}}}
 
 
-def _errors(*codes: int) -> dict[str, Any]:
+def _errors(*codes: int, infer: bool = False) -> dict[str, Any]:
     reasons = {
         400: "Malformed request; the message names the offending field",
         401: "Missing or wrong bearer token (only when the server requires one)",
         404: "Unknown model, version or path",
         408: "The request body did not arrive within the request time limit",
         413: "Body larger than the byte limit, or more rows than the row limit",
-        415: "Content-Type is not application/json (nor application/octet-stream or none "
-        f"with {binary.HEADER})",
+        415: (
+            "Content-Type is neither application/json nor absent (with "
+            f"{binary.HEADER}: application/octet-stream, application/json or absent)"
+            if infer
+            else "Content-Type is not application/json"
+        ),
         503: "The model is not ready (its smoke vectors did not reproduce)",
     }
     return {str(code): _json(_ref("Error"), reasons[code]) for code in codes}
@@ -56,7 +68,11 @@ def _schemas(feature_names: Sequence[str], max_rows: int) -> dict[str, Any]:
         "description": 'A number (float32 range), or null / "na" for a missing value',
         "anyOf": [{**number, "nullable": True}, {"type": "string", "enum": ["na"]}],
     }
-    v2_value = {**number, "nullable": True}
+    v2_value = {
+        **number,
+        "nullable": True,
+        "description": "A number (float32 range); null or the bare token NaN for a missing value",
+    }
     return {
         "Error": {
             "type": "object",
@@ -155,7 +171,10 @@ def _schemas(feature_names: Sequence[str], max_rows: int) -> dict[str, Any]:
                 "datatype": {"type": "string", "enum": list(V2_DATATYPES)},
                 "parameters": {"type": "object"},
                 "data": {
-                    "description": "Flat values, or one array of values per row (not mixed)",
+                    "description": (
+                        "Flat values, or one array of values per row (not mixed); null or NaN "
+                        "(a bare token, as tritonclient's JSON mode writes it) = missing"
+                    ),
                     "oneOf": [
                         {"type": "array", "minItems": 1, "items": v2_value},
                         {
@@ -292,6 +311,7 @@ def build_openapi(
     }
     infer_body = {
         "required": True,
+        "description": _INFER_BODY_DESCRIPTION,
         "content": {
             _JSON: {
                 "schema": _ref("InferenceRequest"),
@@ -315,7 +335,10 @@ def build_openapi(
         "name": binary.HEADER,
         "in": "header",
         "required": False,
-        "description": "Byte length of the JSON part of a binary request (or response)",
+        "description": (
+            "Byte length of the JSON part of a binary request (or response); a request "
+            "without it is plain JSON"
+        ),
         "schema": {"type": "integer", "minimum": 0},
     }
 
@@ -352,7 +375,10 @@ def build_openapi(
             "summary": "Open Inference Protocol V2 inference",
             "parameters": [header_param],
             "requestBody": infer_body,
-            "responses": {"200": ok, **_errors(*guarded(400, 404, 408, 413, 415, 503))},
+            "responses": {
+                "200": ok,
+                **_errors(*guarded(400, 404, 408, 413, 415, 503), infer=True),
+            },
             **security,
         }
         if params:

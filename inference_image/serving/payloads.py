@@ -8,6 +8,7 @@ WSGI environ, so nothing here depends on Flask.
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 from collections.abc import Mapping, Sequence
@@ -29,8 +30,10 @@ __all__ = [
     "PayloadError",
     "RecordParser",
     "describe",
+    "parse_infer_json",
     "parse_json",
     "read_body",
+    "read_infer_body",
     "read_json_body",
 ]
 
@@ -40,6 +43,7 @@ V2_DATATYPES = ("FP32", "FP64")
 _NUMERIC_TYPES = frozenset({int, float, type(None)})
 _NA_TO_NONE: dict[Any, None] = {MISSING_TOKEN: None}
 _SHOW = 5  # names listed in an error message before "and N more"
+_NOT_JSON = "request body is not valid JSON: "
 
 
 def is_json_content_type(content_type: str) -> bool:
@@ -101,6 +105,45 @@ def read_json_body(environ: Mapping[str, Any], limit: int) -> Any:
     return parse_json(read_body(environ, limit))
 
 
+def read_infer_body(environ: Mapping[str, Any], limit: int) -> tuple[Any, memoryview | None]:
+    """A V2 infer request's JSON document and, for the binary extension, the bytes after it.
+
+    ``Inference-Header-Content-Length`` tells the two apart: with it the body is the binary
+    tensor extension (Content-Type application/octet-stream, application/json or none);
+    without it the body is JSON, with Content-Type application/json or none at all, which
+    is what tritonclient's JSON mode sends. Any other Content-Type is a 415 naming it.
+    """
+    content_type = environ.get("CONTENT_TYPE") or ""
+    header_length = environ.get(binary.HEADER_ENVIRON)
+    if header_length is None:
+        if content_type and not is_json_content_type(content_type):
+            hint = ""
+            if binary.media_type(content_type) == binary.MEDIA_TYPE:
+                hint = f" ({binary.MEDIA_TYPE} needs the {binary.HEADER} header)"
+            raise PayloadError(
+                f"Content-Type must be application/json (or none), got "
+                f"{content_type[:100]!r}{hint}",
+                status=415,
+            )
+        body = read_body(environ, limit)
+        try:
+            return parse_infer_json(body), None
+        except PayloadError as exc:
+            if b"binary_data_size" in body and exc.message.startswith(_NOT_JSON):
+                raise PayloadError(
+                    f"{exc.message}; binary tensor data needs the {binary.HEADER} header"
+                ) from None
+            raise
+    if binary.media_type(content_type) not in binary.ACCEPTED_MEDIA_TYPES:
+        raise PayloadError(
+            f"Content-Type must be {binary.MEDIA_TYPE} (or none) with "
+            f"{binary.HEADER}, got {content_type[:100]!r}",
+            status=415,
+        )
+    head, tail = binary.split_body(read_body(environ, limit), header_length.strip())
+    return parse_infer_json(head), tail
+
+
 def parse_json(body: bytes) -> Any:
     """Parse a request body (UTF-8 JSON; NaN and Infinity literals are rejected)."""
     if not body:
@@ -108,7 +151,162 @@ def parse_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise PayloadError(f"request body is not valid JSON: {exc}") from None
+        raise PayloadError(_invalid_json(exc)) from None
+
+
+def parse_infer_json(body: bytes) -> Any:
+    """:func:`parse_json` for V2 infer, which also takes bare ``NaN`` tokens (as Python's
+    json module and tritonclient's JSON mode write missing values) in an input tensor's
+    ``data``, as float NaN: a missing value, as in a binary tensor. NaN anywhere else,
+    ``Infinity`` and ``-Infinity`` are refused.
+
+    orjson parses every body first (the single-record speed); only a body orjson refuses
+    at a ``NaN`` token is parsed again, by the stdlib json module with orjson's rules
+    for everything else.
+    """
+    if not body:
+        raise PayloadError("request body is empty: expected a JSON document")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if _constant_at(exc) != "NaN":
+            raise PayloadError(_invalid_json(exc)) from None
+    return _parse_with_nan(body)
+
+
+def _constant_at(exc: orjson.JSONDecodeError) -> str | None:
+    """``NaN``, ``Infinity`` or ``-Infinity`` when orjson stopped at that bare token."""
+    doc, pos = exc.doc, exc.pos
+    if type(doc) is not str or type(pos) is not int:
+        return None
+    if doc.startswith("NaN", pos):
+        return "NaN"
+    if doc.startswith("Infinity", pos):
+        return "-Infinity" if pos and doc[pos - 1] == "-" else "Infinity"
+    return None
+
+
+def _constant_problem(token: str) -> str:
+    if token == "NaN":
+        return 'NaN is not JSON: send null (or "na") for a missing value'
+    return f"{token} is not JSON, and feature values must be finite float32 numbers"
+
+
+def _invalid_json(exc: orjson.JSONDecodeError) -> str:
+    token = _constant_at(exc)
+    if token is None:
+        return f"{_NOT_JSON}{exc}"
+    return f"{_NOT_JSON}{_constant_problem(token)} (line {exc.lineno} column {exc.colno})"
+
+
+# The json module's parse_constant: NaN is a float NaN; Infinity and -Infinity raise a
+# KeyError. A C-level lookup, not a Python function: it runs once per NaN.
+_NAN_ONLY = {"NaN": math.nan}.__getitem__
+_NAN_DECODER = json.JSONDecoder(parse_constant=_NAN_ONLY)
+_INT64_MIN, _UINT64_END = -(2**63), 2**64
+
+
+def _parse_with_nan(body: bytes) -> Any:
+    """The json module's parse, then made to agree with orjson outside ``inputs[i].data``.
+
+    Inside it, NaN is a missing value and the matrix conversion refuses what orjson would
+    (infinities, values beyond float32) with the value's position.
+    """
+    try:
+        text = body.decode()
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"{_NOT_JSON}not UTF-8 at byte {exc.start}") from None
+    try:
+        document = _NAN_DECODER.decode(text)
+    except json.JSONDecodeError as exc:
+        raise PayloadError(f"{_NOT_JSON}{exc}") from None
+    except RecursionError:
+        raise PayloadError(_NOT_JSON + "nested too deeply") from None
+    except KeyError as exc:  # Infinity or -Infinity, from _NAN_ONLY
+        raise PayloadError(f"{_NOT_JSON}{_constant_problem(str(exc.args[0]))}") from None
+    except ValueError as exc:  # an integer literal of more than 4,300 digits
+        raise PayloadError(f"{_NOT_JSON}{str(exc)[:80]}") from None
+    root = [document]
+    problem = _misplaced_value(root)
+    if problem is not None:
+        raise PayloadError(problem)
+    return root[0]
+
+
+def _misplaced_value(root: list[Any]) -> str | None:
+    """What the json module takes and orjson does not, outside ``inputs[i].data``: NaN,
+    infinities (from literals such as 1e400) and strings with lone surrogates. Integers
+    beyond 64 bits become floats in place, as orjson reads them. ``root``: [document].
+    Iterative: the document may be nested as deeply as the json module allows."""
+    # (container, key, where: a (parent, key) chain, whether the value is an element of
+    # "inputs"), pushed in reverse so that values pop in document order.
+    stack: list[tuple[Any, Any, Any, bool]] = [(root, 0, None, False)]
+    while stack:
+        container, key, where, is_tensor = stack.pop()
+        value = container[key]
+        kind = type(value)
+        if kind is float:
+            if value != value:
+                return (
+                    f"{_position(where)}: NaN is only accepted in an input tensor's data, "
+                    "where it means a missing value"
+                )
+            if value in (math.inf, -math.inf):
+                return f"{_position(where)}: number is infinity when parsed as double"
+        elif kind is int:
+            if not _INT64_MIN <= value < _UINT64_END:
+                try:
+                    container[key] = float(value)
+                except OverflowError:
+                    return f"{_position(where)}: number is infinity when parsed as double"
+        elif kind is str:
+            if _lone_surrogate(value):
+                return f"{_position(where)}: the string holds a lone surrogate (not valid JSON)"
+        elif kind is dict:
+            top = where is None
+            for name in reversed(value):
+                if _lone_surrogate(name):
+                    return f"{_position(where)}: a key holds a lone surrogate (not valid JSON)"
+                if is_tensor and name == "data":
+                    continue
+                item = value[name]
+                if top and name == "inputs" and type(item) is list:
+                    inputs = (where, name)
+                    stack.extend(
+                        (item, index, (inputs, index), True) for index in reversed(range(len(item)))
+                    )
+                else:
+                    stack.append((value, name, (where, name), False))
+        elif kind is list:
+            stack.extend(
+                (value, index, (where, index), False) for index in reversed(range(len(value)))
+            )
+    return None
+
+
+def _lone_surrogate(text: str) -> bool:
+    if text.isascii():
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _position(where: Any) -> str:
+    keys: list[str | int] = []
+    while where is not None:
+        where, key = where
+        keys.append(key)
+    text = "request body" if keys and type(keys[-1]) is int else ""
+    for key in reversed(keys):
+        if type(key) is int:
+            text += f"[{key}]"
+        else:
+            shown = key if len(key) <= 40 and key.isprintable() else repr(key[:37])
+            text += f".{shown}" if text else shown
+    return text or "request body"
 
 
 def _listing(names: Sequence[str]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import struct
 from dataclasses import dataclass, field
 
@@ -21,7 +23,7 @@ HOSTILE_TOKENS = [
     b"-1e400",
     b"1" + b"0" * 400,  # 10**400 as an integer literal
     b"-" + b"9" * 5000,
-    b"NaN",
+    b"NaN",  # V2 infer: a missing value in data, 400 anywhere else; /predict: 400
     b"Infinity",
     b"-Infinity",
     b'"NaN"',
@@ -143,12 +145,53 @@ def predict_bodies(draw: st.DrawFn) -> bytes:
     return draw(raw_bodies())
 
 
+# Where a bare NaN may go in a V2 body besides the data (all refused: 400).
+NAN_ELSEWHERE = [
+    (b'"shape":[1,%d]' % WIDTH, b'"shape":[NaN,%d]' % WIDTH),
+    (b'{"inputs":', b'{"id":NaN,"inputs":'),
+    (b'{"inputs":', b'{"parameters":{"binary_data_output":NaN},"inputs":'),
+    (b'{"inputs":', b'{"parameters":{"x":[NaN]},"inputs":'),
+    (b'"datatype":', b'"parameters":{"y":NaN},"datatype":'),
+    (b"]}]}", b']}],"outputs":[{"name":"label","parameters":{"z":NaN}}]}'),
+]
+
+
+@st.composite
+def tritonclient_rows(draw: st.DrawFn) -> list[list[float | None]]:
+    """Rows of float32 values and missing values (None), as tritonclient would send them."""
+    n_rows = draw(st.integers(1, 3))
+    value = st.one_of(st.floats(width=32, allow_nan=False, allow_infinity=False), st.none())
+    return draw(
+        st.lists(st.lists(value, min_size=WIDTH, max_size=WIDTH), min_size=n_rows, max_size=n_rows)
+    )
+
+
+def tritonclient_json(
+    rows: list[list[float | None]], datatype: str = "FP32", nan: bool = True
+) -> bytes:
+    """A V2 body as tritonclient's JSON mode writes it (Python's json module: None -> NaN),
+    or with ``nan=False`` the same body with null for the missing values."""
+    data = [math.nan if nan and v is None else v for row in rows for v in row]
+    document = {
+        "inputs": [
+            {"name": "input-0", "shape": [len(rows), WIDTH], "datatype": datatype, "data": data}
+        ]
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
 @st.composite
 def infer_bodies(draw: st.DrawFn) -> bytes:
-    kind = draw(st.sampled_from(["flat", "shape", "datatype", "raw", "nested"]))
+    kind = draw(st.sampled_from(["flat", "shape", "datatype", "raw", "nested", "tritonclient"]))
     values = b",".join(draw(values_st))
     if kind == "flat":
         return v2_body(values)
+    if kind == "tritonclient":  # NaN for missing values; now and then a NaN out of place
+        body = tritonclient_json(draw(tritonclient_rows()), draw(st.sampled_from(["FP32", "FP64"])))
+        if draw(st.integers(0, 3)) == 0:
+            old, new = draw(st.sampled_from(NAN_ELSEWHERE))
+            body = body.replace(old, new, 1)
+        return body
     if kind == "shape":
         shape = draw(
             st.sampled_from(
@@ -245,6 +288,8 @@ def hostile_requests(draw: st.DrawFn, paths: list[str]) -> HostileRequest:
     else:
         body = draw(predict_bodies() if path == "/predict" else infer_bodies())
         request = HostileRequest(path=path, body=body)
+        if path.endswith("/infer") and draw(st.booleans()):
+            request.content_type = None  # as tritonclient's JSON mode sends it
         if draw(st.integers(0, 4)) == 0:
             request.content_type = draw(st.sampled_from(CONTENT_TYPES))
     framing = draw(

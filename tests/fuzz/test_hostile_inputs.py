@@ -2,7 +2,9 @@
 
 Every request goes through the WSGI fast path (what gunicorn serves) and, separately,
 through Flask's own views (what the fast path stands in front of). Both must answer every
-request with a 2xx or a clear 4xx: never a 5xx, never an exception.
+request with a 2xx or a clear 4xx: never a 5xx, never an exception; and both the same.
+V2 infer takes what tritonclient's JSON mode sends (no Content-Type, NaN for a missing
+value) and answers it as it answers the same rows with null.
 """
 
 from __future__ import annotations
@@ -22,10 +24,22 @@ from inference_image.bundle import ModelBundle
 
 from .checks import assert_clear_answer
 from .conftest import TOKEN
-from .hostile import HostileRequest, hostile_requests
+from .hostile import (
+    NAN_ELSEWHERE,
+    HostileRequest,
+    hostile_requests,
+    tritonclient_json,
+    tritonclient_rows,
+)
 from .outcomes import OUTCOMES
 
 MAX_EXAMPLES = 600  # per target
+SETTINGS = hypothesis.settings(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(hypothesis.HealthCheck),
+)
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
@@ -156,3 +170,64 @@ def test_hostile_requests_with_and_without_the_token(
             assert status == 401, (status, body)
 
     run()
+
+
+def test_fast_path_and_flask_views_give_the_same_answers(
+    fuzz_app: Flask, tiny_bundle: ModelBundle
+) -> None:
+    flask_only = fuzz_app.wsgi_app.app
+
+    @hypothesis.settings(SETTINGS, max_examples=300)
+    @hypothesis.given(request=hostile_requests(versioned_paths(tiny_bundle)))
+    def run(request: HostileRequest) -> None:
+        fast = call(fuzz_app, environ_for(request))
+        OUTCOMES.record("hypothesis-fast-vs-flask", fast[0])
+        flask = call(flask_only, environ_for(request))
+        assert (fast[0], fast[2]) == (flask[0], flask[2]), request
+        assert fast[1].get("Content-Type") == flask[1].get("Content-Type"), request
+
+    run()
+
+
+INFER = "/v2/models/aps-classifier/infer"
+
+
+def test_nan_in_v2_data_is_answered_as_null(fuzz_app: Flask) -> None:
+    """tritonclient's JSON mode (no Content-Type, NaN) gets the answer of null rows."""
+    flask_only = fuzz_app.wsgi_app.app
+
+    @hypothesis.settings(SETTINGS, max_examples=150)
+    @hypothesis.given(
+        rows=tritonclient_rows(),
+        datatype=st.sampled_from(["FP32", "FP64"]),
+        content_type=st.sampled_from([None, "application/json"]),
+        via_flask=st.booleans(),
+    )
+    def run(rows: list, datatype: str, content_type: str | None, via_flask: bool) -> None:
+        app = flask_only if via_flask else fuzz_app
+        by_null = tritonclient_json(rows, datatype, nan=False)
+        by_nan = tritonclient_json(rows, datatype)
+        answers = [
+            call(app, environ_for(HostileRequest(INFER, body, content_type)))
+            for body in (by_nan, by_null)
+        ]
+        OUTCOMES.record("hypothesis-nan-as-null", answers[0][0])
+        assert answers[0][0] == 200, answers[0][2]
+        assert answers[0][2] == answers[1][2]
+
+    run()
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), NAN_ELSEWHERE, ids=[n.decode()[:40] for _, n in NAN_ELSEWHERE]
+)
+def test_nan_outside_v2_data_is_400_naming_where(fuzz_app: Flask, old: bytes, new: bytes) -> None:
+    body = tritonclient_json([[None] + [1.0] * 169]).replace(old, new, 1)
+    assert body.count(b"NaN") == 2, body[-200:]
+    for app in (fuzz_app, fuzz_app.wsgi_app.app):
+        for content_type in (None, "application/json"):
+            status, headers, answer = call(
+                app, environ_for(HostileRequest(INFER, body, content_type))
+            )
+            assert_clear_answer(status, headers, answer, body)
+            assert status == 400 and b"NaN is only accepted in an input tensor" in answer, answer

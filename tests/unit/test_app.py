@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import math
 import random
 from typing import Any
 
@@ -321,8 +323,9 @@ def test_bad_infer_requests(
     [
         (b"", "request body is empty"),
         (b"{", "not valid JSON"),
-        (b'{"aa_000": NaN}', "not valid JSON"),
-        (b'{"aa_000": Infinity}', "not valid JSON"),
+        (b'{"aa_000": NaN}', "NaN"),  # V2: NaN only in data; /predict: never
+        (b'{"aa_000": Infinity}', "not valid JSON: Infinity is not JSON"),
+        (b'{"aa_000": -Infinity}', "not valid JSON: -Infinity is not JSON"),
         (b'{"aa_000": 1e400}', "not valid JSON"),
         (b"\xff", "not valid JSON"),
     ],
@@ -365,16 +368,208 @@ def test_wrong_method_is_405(client: FlaskClient, method: str, path: str, allowe
     assert allowed in response.headers["Allow"]
 
 
-@pytest.mark.parametrize("path", ["/predict", INFER])
 @pytest.mark.parametrize(
-    "content_type", ["text/plain", "application/x-www-form-urlencoded", "application/jsonx", None]
+    ("path", "content_type"),
+    [
+        *[
+            ("/predict", content_type)
+            for content_type in ("text/plain", "application/x-www-form-urlencoded", None)
+        ],
+        ("/predict", "application/jsonx"),
+        *[
+            (INFER, content_type)  # without the binary extension's header
+            for content_type in (
+                "text/plain",
+                "application/x-www-form-urlencoded",
+                "application/jsonx",
+                "application/octet-stream",
+            )
+        ],
+    ],
 )
 def test_wrong_content_type_is_415(
-    client: FlaskClient, tiny_bundle: ModelBundle, path: str, content_type: str | None
+    app: Flask, tiny_bundle: ModelBundle, path: str, content_type: str | None
 ) -> None:
-    body = orjson.dumps(smoke_record(tiny_bundle, 0))
-    headers = {} if content_type is None else {"Content-Type": content_type}
-    assert_error(client.post(path, data=body, headers=headers), 415, "application/json")
+    body = orjson.dumps(v2_body([tiny_bundle.smoke_vectors[0]["inputs"]]))
+    status, _, message = both_paths(app, path, body, content_type)
+    assert status == 415
+    assert "application/json" in message["error"]
+    shown = "no Content-Type" if content_type is None else repr(content_type)
+    assert shown in message["error"], message
+
+
+# --- V2 infer as tritonclient's JSON mode sends it: no Content-Type, bare NaN ------------
+
+
+def both_paths(
+    app: Flask, path: str, body: bytes, content_type: str | None, **headers: str
+) -> tuple[int, str | None, Any]:
+    """The answer of the fast path, checked identical to Flask's views' for the request."""
+    answers = []
+    for wsgi in (app, app.wsgi_app.app):  # the fast path, and the Flask app behind it
+        environ = EnvironBuilder(
+            path=path, method="POST", input_stream=io.BytesIO(body), headers=headers
+        ).get_environ()
+        environ.pop("CONTENT_TYPE", None)
+        if content_type is not None:
+            environ["CONTENT_TYPE"] = content_type
+        environ["CONTENT_LENGTH"] = str(len(body))
+        chunks, status, response_headers = run_wsgi_app(wsgi, environ, buffered=True)
+        answers.append((status, response_headers.get("Content-Type"), b"".join(chunks)))
+    assert answers[0] == answers[1]
+    status, media_type, data = answers[0]
+    document = orjson.loads(data) if media_type == "application/json" else data
+    return int(status.split()[0]), media_type, document
+
+
+def nan_json(body: dict[str, Any]) -> bytes:
+    """``body`` as Python's json module (and so tritonclient) writes it: None -> NaN."""
+
+    def nan(values: list[Any]) -> list[Any]:
+        return [nan(v) if type(v) is list else math.nan if v is None else v for v in values]
+
+    for tensor in body["inputs"]:
+        tensor["data"] = nan(tensor["data"])
+    text = json.dumps(body).encode()
+    assert b"NaN" in text and b"null" not in text
+    return text
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "application/json", "application/json; charset=utf-8"]
+)
+def test_v2_infer_takes_json_without_content_type_on_both_paths(
+    app: Flask, tiny_bundle: ModelBundle, content_type: str | None
+) -> None:
+    rows = [vector["inputs"] for vector in tiny_bundle.smoke_vectors]
+    body = orjson.dumps(v2_body(rows, id="no-type"))
+    status, media_type, document = both_paths(app, INFER, body, content_type)
+    assert (status, media_type) == (200, "application/json"), document
+    assert document["id"] == "no-type"
+    probability, label = document["outputs"]
+    assert_matches_smoke(tiny_bundle, probability["data"], label["data"])
+    versioned = f"{MODEL}/versions/{tiny_bundle.version}/infer"
+    assert both_paths(app, versioned, body, content_type)[2] == document
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64"])
+@pytest.mark.parametrize("nested", [False, True])
+@pytest.mark.parametrize("content_type", [None, "application/json"])
+def test_nan_in_v2_data_is_a_missing_value_like_null(
+    app: Flask, tiny_bundle: ModelBundle, datatype: str, nested: bool, content_type: str | None
+) -> None:
+    rows = [vector["inputs"] for vector in tiny_bundle.smoke_vectors]  # row 0: all missing
+    with_null = v2_body(rows, nested, id="nan")
+    with_null["inputs"][0]["datatype"] = datatype
+    by_null = both_paths(app, INFER, orjson.dumps(with_null), content_type)
+    by_nan = both_paths(app, INFER, nan_json(with_null), content_type)
+    assert by_nan[0] == 200, by_nan
+    assert by_nan == by_null
+    probability, label = by_nan[2]["outputs"]
+    assert_matches_smoke(tiny_bundle, probability["data"], label["data"])
+    one_row = v2_body([rows[1]])
+    assert both_paths(app, INFER, nan_json(one_row), None) == both_paths(
+        app, INFER, orjson.dumps(one_row), None
+    )
+
+
+def test_v2_nan_answers_equal_predict_with_null_and_na(
+    app: Flask, tiny_bundle: ModelBundle
+) -> None:
+    rows = [vector["inputs"] for vector in tiny_bundle.smoke_vectors]
+    _, _, inferred = both_paths(app, INFER, nan_json(v2_body(rows)), None)
+    probability, label = inferred["outputs"]
+    for missing in (None, "na"):
+        records = [smoke_record(tiny_bundle, i, missing) for i in range(len(rows))]
+        body = orjson.dumps({"instances": records})
+        _, _, predicted = both_paths(app, "/predict", body, "application/json")
+        predictions = predicted["predictions"]
+        assert [p["probability"] for p in predictions] == probability["data"]
+        assert [p["label"] for p in predictions] == label["data"]
+
+
+def _v2_text(data: str, tensor: dict[str, str] | None = None, **fields: str) -> bytes:
+    """A V2 body written by hand: ``data`` and every field value are JSON text."""
+    members = ['"name": "x"', '"shape": [1, 170]', '"datatype": "FP32"', f'"data": [{data}]']
+    members += [f'"{name}": {value}' for name, value in (tensor or {}).items()]
+    top = [f'"{name}": {value}' for name, value in fields.items()]
+    return ("{" + ", ".join(['"inputs": [{' + ", ".join(members) + "}]", *top]) + "}").encode()
+
+
+_ROW_WITH_NAN = ", ".join(["NaN"] * 3 + ["1.5"] * 167)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragments"),
+    [
+        (_v2_text(_ROW_WITH_NAN, id="NaN"), ["id: NaN is only accepted in an input tensor's data"]),
+        (
+            _v2_text(_ROW_WITH_NAN, parameters='{"binary_data_output": NaN}'),
+            ["parameters.binary_data_output: NaN is only accepted"],
+        ),
+        (
+            _v2_text(_ROW_WITH_NAN, tensor={"parameters": '{"x": [1, NaN]}'}),
+            ["inputs[0].parameters.x[1]: NaN is only accepted"],
+        ),
+        (
+            _v2_text(_ROW_WITH_NAN, outputs='[{"name": "label", "parameters": {"y": NaN}}]'),
+            ["outputs[0].parameters.y: NaN is only accepted"],
+        ),
+        (_v2_text(_ROW_WITH_NAN).replace(b"[1, 170]", b"[NaN, 170]"), ["inputs[0].shape[0]: NaN"]),
+        (_v2_text(_ROW_WITH_NAN.replace("1.5", "Infinity", 1)), ["Infinity is not JSON"]),
+        (_v2_text(_ROW_WITH_NAN.replace("1.5", "-Infinity", 1)), ["-Infinity is not JSON"]),
+        (_v2_text(_ROW_WITH_NAN.replace("NaN", "Infinity", 1)), ["Infinity is not JSON"]),
+        (_v2_text(_ROW_WITH_NAN.replace("1.5", "1e400", 1)), ["data[3]", "float32 range"]),
+        (_v2_text(_ROW_WITH_NAN.replace("1.5", "4e38", 1)), ["data[3]", "float32 range"]),
+        (_v2_text(_ROW_WITH_NAN.replace("NaN", "-NaN", 1)), ["not valid JSON"]),
+        (_v2_text(_ROW_WITH_NAN.replace("NaN", '"NaN"', 1)), ["data[0]", "string 'NaN'"]),
+        (_v2_text(_ROW_WITH_NAN)[:-3], ["not valid JSON"]),
+        (_v2_text(_ROW_WITH_NAN, id='"\\ud800"'), ["lone surrogate"]),
+    ],
+)
+def test_nan_elsewhere_and_infinities_are_400_on_both_paths(
+    app: Flask, body: bytes, fragments: list[str]
+) -> None:
+    for content_type in (None, "application/json"):
+        status, _, document = both_paths(app, INFER, body, content_type)
+        assert status == 400, document
+        for fragment in fragments:
+            assert fragment in document["error"], document
+
+
+def test_predict_keeps_refusing_nan_and_says_what_to_send(
+    app: Flask, tiny_bundle: ModelBundle
+) -> None:
+    record = orjson.dumps(smoke_record(tiny_bundle, 1))
+    assert b"null" in record
+    status, _, document = both_paths(
+        app, "/predict", record.replace(b"null", b"NaN"), "application/json"
+    )
+    assert status == 400
+    assert 'NaN is not JSON: send null (or "na") for a missing value' in document["error"]
+    infinite = record.replace(b"null", b"-Infinity", 1)
+    status, _, document = both_paths(app, "/predict", infinite, "application/json")
+    assert status == 400 and "-Infinity is not JSON" in document["error"], document
+
+
+def test_binary_data_without_its_header_gets_a_hint(app: Flask, tiny_bundle: ModelBundle) -> None:
+    header = {
+        "inputs": [
+            {
+                "name": "x",
+                "shape": [1, 170],
+                "datatype": "FP32",
+                "parameters": {"binary_data_size": 680},
+            }
+        ]
+    }
+    body = orjson.dumps(header) + np.ones(170, "<f4").tobytes()
+    for content_type in (None, "application/json"):
+        status, _, document = both_paths(app, INFER, body, content_type)
+        assert status == 400
+        assert "Inference-Header-Content-Length header" in document["error"], document
+    status, _, document = both_paths(app, INFER, body, "application/octet-stream")
+    assert status == 415 and "Inference-Header-Content-Length" in document["error"], document
 
 
 @pytest.fixture(scope="module")

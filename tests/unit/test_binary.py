@@ -19,6 +19,7 @@ httpclient = pytest.importorskip("tritonclient.http")
 
 INFER = "/v2/models/aps-classifier/infer"
 HEADER = "Inference-Header-Content-Length"
+OUTPUTS = ("probability", "label")
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +99,10 @@ def test_binary_in_json_out(client, tiny_bundle) -> None:
 
 def test_json_in_binary_out_for_one_output(client, tiny_bundle) -> None:
     outputs = [httpclient.InferRequestedOutput("label", binary_data=True)]
-    rows = np.nan_to_num(smoke_rows(tiny_bundle))  # tritonclient's JSON writes NaN: not JSON
+    rows = smoke_rows(tiny_bundle)  # with NaN: tritonclient's JSON writes bare NaN tokens
     body, json_size = triton_request(rows, binary_input=False, outputs=outputs)
-    assert json_size is None  # tritonclient sends such a request as plain JSON
-    result = triton_result(client.post(INFER, data=body, content_type="application/json"))
+    assert json_size is None and b"NaN" in body  # sent as plain JSON, with no Content-Type
+    result = triton_result(client.post(INFER, data=body))
     assert [o["name"] for o in result.get_response()["outputs"]] == ["label"]
     plain = {
         "inputs": [
@@ -109,15 +110,43 @@ def test_json_in_binary_out_for_one_output(client, tiny_bundle) -> None:
                 "name": "x",
                 "shape": list(rows.shape),
                 "datatype": "FP32",
-                "data": rows.ravel().tolist(),
+                "data": [None if np.isnan(v) else v for v in rows.ravel().tolist()],
             }
         ]
     }
     json_labels = client.post(INFER, json=plain).get_json()["outputs"][1]["data"]
     assert result.as_numpy("label").tolist() == [label.encode() for label in json_labels]
-    nan_body, _ = triton_request(smoke_rows(tiny_bundle), binary_input=False)
-    response = client.post(INFER, data=nan_body, content_type="application/json")
-    assert response.status_code == 400 and "not valid JSON" in response.get_json()["error"]
+    assert result.as_numpy("label").tolist() == expected(tiny_bundle)[1]
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64"])
+def test_json_mode_as_tritonclient_sends_it_equals_binary_mode(client, tiny_bundle, datatype):
+    """binary_data=False everywhere: no Content-Type, NaN for the missing values."""
+    rows = smoke_rows(tiny_bundle, np.float64 if datatype == "FP64" else np.float32)
+    assert np.isnan(rows).any()
+    outputs = [httpclient.InferRequestedOutput(name, binary_data=False) for name in OUTPUTS]
+    body, json_size = triton_request(rows, datatype, binary_input=False, outputs=outputs)
+    assert json_size is None and b"NaN" in body
+    response = client.post(INFER, data=body)  # no Content-Type, as tritonclient sends it
+    assert response.mimetype == "application/json", response.data
+    by_json = triton_result(response)
+    binary_body, binary_size = triton_request(rows, datatype)
+    by_binary = triton_result(post(client, binary_body, binary_size))
+    probabilities, labels = expected(tiny_bundle)
+    for result in (by_json, by_binary):
+        np.testing.assert_array_equal(result.as_numpy("probability"), probabilities)
+    assert by_json.as_numpy("label").tolist() == [label.decode() for label in labels]
+    assert by_binary.as_numpy("label").tolist() == labels
+
+
+def test_nan_in_the_json_part_of_a_binary_request(client, tiny_bundle) -> None:
+    """With the header, JSON data (no binary_data_size) follows the JSON rules, NaN too."""
+    rows = smoke_rows(tiny_bundle)
+    body, json_size = triton_request(rows, binary_input=False)
+    assert json_size is None and b"NaN" in body
+    result = triton_result(post(client, body, len(body)))
+    np.testing.assert_array_equal(result.as_numpy("probability"), expected(tiny_bundle)[0])
+    _error(post(client, body.replace(b"NaN", b"Infinity", 1), len(body) + 5), 400, "Infinity")
 
 
 def test_fp64_binary_and_the_versioned_path(client, tiny_bundle) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import math
 
 import numpy as np
@@ -16,7 +18,9 @@ from inference_image.serving.payloads import (
     PayloadError,
     RecordParser,
     describe,
+    parse_infer_json,
     parse_json,
+    read_infer_body,
 )
 
 WIDTH = len(APS_FEATURES)
@@ -82,6 +86,7 @@ def test_describe_tells_booleans_from_numbers() -> None:
     assert describe(1) == "number 1"
     assert describe("x" * 100).startswith("string 'xxx") and len(describe("x" * 100)) < 60
     assert describe(None) == "null"
+    assert describe(math.nan) == "NaN"
     assert describe([1, 2]) == "array of 2 items"
     assert describe({}) == "object"
 
@@ -311,3 +316,178 @@ def test_too_many_rows_is_413_before_reading_data(tensors: InferParser) -> None:
 def test_documents_from_json_roundtrip(tensors: InferParser) -> None:
     body = orjson.dumps(tensor_request(row_values()))
     assert tensors.parse(parse_json(body)).rows.shape == (1, WIDTH)
+
+
+# --- V2 infer: Content-Type sniffing ---------------------------------------------------
+
+HEADER_ENVIRON = "HTTP_INFERENCE_HEADER_CONTENT_LENGTH"
+
+
+def infer_environ(body: bytes, content_type: str | None, header: int | None = None) -> dict:
+    environ: dict[str, object] = {"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))}
+    if content_type is not None:
+        environ["CONTENT_TYPE"] = content_type
+    if header is not None:
+        environ[HEADER_ENVIRON] = str(header)
+    return environ
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "", "application/json", "application/json; charset=utf-8", "APPLICATION/JSON"],
+)
+def test_v2_body_without_the_binary_header_is_json(content_type: str | None) -> None:
+    body = orjson.dumps(tensor_request(row_values()))
+    document, tail = read_infer_body(infer_environ(body, content_type), 1 << 20)
+    assert document == orjson.loads(body) and tail is None
+
+
+@pytest.mark.parametrize("content_type", [None, "application/octet-stream", "application/json"])
+def test_v2_body_with_the_binary_header_is_the_extension(content_type: str | None) -> None:
+    raw = np.ones(WIDTH, "<f4").tobytes()
+    head = orjson.dumps(tensor_request(None, parameters={"binary_data_size": len(raw)}))
+    document, tail = read_infer_body(infer_environ(head + raw, content_type, len(head)), 1 << 20)
+    assert document == orjson.loads(head) and bytes(tail) == raw
+
+
+@pytest.mark.parametrize(
+    ("content_type", "header", "fragments"),
+    [
+        ("text/plain", None, ["application/json (or none)", "'text/plain'"]),
+        ("application/jsonx", None, ["'application/jsonx'"]),
+        ("application/octet-stream", None, ["'application/octet-stream'", "needs the Inference"]),
+        ("text/plain", 10, ["application/octet-stream (or none)", "'text/plain'"]),
+    ],
+)
+def test_other_content_types_are_415_naming_them(
+    content_type: str, header: int | None, fragments: list[str]
+) -> None:
+    body = orjson.dumps(tensor_request(row_values()))
+    message = reject(
+        read_infer_body, infer_environ(body, content_type, header), 1 << 20, status=415
+    )
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_binary_data_sent_without_its_header_gets_a_hint() -> None:
+    raw = np.full(WIDTH, np.nan, "<f4").tobytes()  # not UTF-8
+    head = orjson.dumps(tensor_request(None, parameters={"binary_data_size": len(raw)}))
+    for body in (head + raw, head + b"0" * 8):
+        message = reject(read_infer_body, infer_environ(body, None), 1 << 20)
+        assert message.startswith("request body is not valid JSON") and "the Inference" in message
+
+
+# --- V2 infer: NaN in data is a missing value --------------------------------------------
+
+
+def nan_text(document: object) -> bytes:
+    """As Python's json module (and tritonclient's JSON mode) writes it: NaN tokens."""
+    return json.dumps(document).encode()
+
+
+def with_nan(values: list) -> list:
+    return [with_nan(v) if type(v) is list else math.nan if v is None else v for v in values]
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64"])
+@pytest.mark.parametrize("nested", [False, True])
+def test_nan_in_data_gives_the_rows_null_gives(
+    tensors: InferParser, datatype: str, nested: bool
+) -> None:
+    rows = [row_values(1), row_values(2)]
+    rows[1] = [None] * WIDTH  # an all-missing row
+    data = rows if nested else rows[0] + rows[1]
+    by_null = tensors.parse(parse_infer_json(orjson.dumps(tensor_request(data, [2, WIDTH]))))
+    body = nan_text(tensor_request(with_nan(data), [2, WIDTH], datatype=datatype))
+    assert b"NaN" in body and b"null" not in body
+    by_nan = tensors.parse(parse_infer_json(body))
+    np.testing.assert_array_equal(by_nan.rows, by_null.rows)
+    assert np.isnan(by_nan.rows[1]).all() and np.isnan(by_nan.rows[0, 3])
+    assert np.isnan(by_nan.rows).sum() == WIDTH + 1
+
+
+def test_bodies_without_nan_are_parsed_by_orjson_unchanged() -> None:
+    body = orjson.dumps(tensor_request(row_values(), id="NaN", parameters={"NaN": "NaN"}))
+    assert parse_infer_json(body) == orjson.loads(body)
+
+
+def test_the_nan_parse_reads_numbers_as_orjson_does(tensors: InferParser) -> None:
+    """A NaN in data sends the body to the json module: the rest must read the same."""
+    big = b"18446744073709551616"  # beyond 64 bits: orjson reads a float
+    head = (
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "parameters": {"n": -9223372036854775809}, '
+    )
+    for missing in (b"null", b"NaN"):
+        document = parse_infer_json(
+            head + b'"shape": [' + big + b", 170], " + b'"data": [' + missing + b"]}]}"
+        )
+        assert document["inputs"][0]["parameters"]["n"] == -9.223372036854776e18
+        assert "inputs[0].shape[0]: expected an integer" in reject(tensors.parse, document)
+    values = [b"1", b"NaN", b"18446744073709551615", b"-3.5e10", b"18446744073709551616"]
+    values += [b"0"] * (WIDTH - len(values))
+    body = b'{"inputs": [{"name": "x", "shape": [170], "datatype": "FP64", "data": [%s]}]}'
+    by_nan = tensors.parse(parse_infer_json(body % b",".join(values))).rows
+    values[1] = b"null"
+    np.testing.assert_array_equal(by_nan, tensors.parse(parse_json(body % b",".join(values))).rows)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"[NaN]", "request body[0]: NaN is only accepted in an input tensor's data"),
+        (b'{"inputs": [{"data": [NaN]}], "id": NaN}', "id: NaN is only accepted"),
+        (b'{"inputs": [{"data": [NaN], "shape": [NaN, 170]}]}', "inputs[0].shape[0]: NaN is only"),
+        (
+            b'{"inputs": [{"data": [1], "parameters": {"a": [NaN]}}]}',
+            "inputs[0].parameters.a[0]: NaN",
+        ),
+        (
+            b'{"inputs": [{"data": [NaN]}], "parameters": {"x": {"data": NaN}}}',
+            "parameters.x.data: NaN",
+        ),
+        (b'{"inputs": [{"data": [NaN]}], "outputs": [{"name": NaN}]}', "outputs[0].name: NaN"),
+        (b'{"inputs": [{"data": [NaN, Infinity]}]}', "not valid JSON: Infinity is not JSON"),
+        (b'{"inputs": [{"data": [NaN, -Infinity]}]}', "not valid JSON: -Infinity is not JSON"),
+        (b'{"inputs": [{"data": [Infinity, NaN]}]}', "not valid JSON: Infinity is not JSON"),
+        (b'{"inputs": [{"data": [-Infinity]}]}', "not valid JSON: -Infinity is not JSON"),
+        (b'{"inputs": [{"data": [-NaN]}]}', "not valid JSON"),
+        (b'{"inputs": [{"data": [NaNa]}]}', "not valid JSON"),
+        (b'{"inputs": [{"data": [NaN]}]', "not valid JSON"),
+        (b'{"inputs": [{"data": [NaN]}]} x', "not valid JSON"),
+        (b'{"inputs": [{"data": [NaN]}], "shape": [1e400]}', "shape[0]: number is infinity"),
+        (b'{"inputs": [{"data": [NaN]}], "n": 1' + b"0" * 400 + b"}", "n: number is infinity"),
+        (b'{"inputs": [{"data": [NaN, 1' + b"0" * 5000 + b"]}]}", "not valid JSON"),
+        (
+            b'{"inputs": [{"data": [NaN]}], "id": "\\ud800"}',
+            "id: the string holds a lone surrogate",
+        ),
+        (b'{"inputs": [{"data": [NaN]}], "\\udc00": 1}', "a key holds a lone surrogate"),
+        (b'{"inputs": [{"data": [NaN, "\xff"]}]}', "not valid JSON"),
+        (b'{"inputs": [{"data": [NaN]}], "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "too deeply"),
+    ],
+)
+def test_nan_elsewhere_infinities_and_invalid_json_are_refused(body: bytes, fragment: str) -> None:
+    message = reject(parse_infer_json, body)
+    assert fragment in message, message
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b'{"aa_000": NaN}', 'NaN is not JSON: send null (or "na") for a missing value'),
+        (b'{"instances": [{"aa_000": Infinity}]}', "Infinity is not JSON"),
+        (b'{"aa_000": -Infinity}', "-Infinity is not JSON"),
+    ],
+)
+def test_parse_json_keeps_refusing_nan_and_infinity_by_name(body: bytes, fragment: str) -> None:
+    message = reject(parse_json, body)
+    assert message.startswith("request body is not valid JSON: ") and fragment in message
+
+
+def test_nan_in_data_reaches_the_slow_path_as_missing(tensors: InferParser) -> None:
+    data = with_nan(row_values())
+    data[5] = "x"
+    message = reject(tensors.parse, parse_infer_json(nan_text(tensor_request(data))))
+    assert message.startswith("inputs[0].data[5] (row 0, feature af_000)"), message
+    assert "data[3]" not in message  # the NaN at 3 is a missing value, not a problem
