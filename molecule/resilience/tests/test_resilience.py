@@ -284,10 +284,10 @@ def test_power_cut_between_new_started_and_old_retired(phase):
     rollout_v2(label)
 
 
-def test_power_cut_during_transfer():
-    back_to_v1(remove_v2=True)
-    # site.yml ships the full archive (the rollout's model-only delta is too small to catch).
-    runner = playbook(
+def site_v2_full_archive() -> subprocess.Popen:
+    """site.yml with v2, in the background, sending the full archive (a model-only delta is
+    too small to cut the power during its transfer or load)."""
+    return playbook(
         "site.yml",
         "-e",
         f"inference_service_release_dir={RELEASES / 'v2'}",
@@ -295,6 +295,11 @@ def test_power_cut_during_transfer():
         "inference_service_transfer=full",
         background=True,
     )
+
+
+def test_power_cut_during_transfer():
+    back_to_v1(remove_v2=True)
+    runner = site_v2_full_archive()
     assert wait_on_truck(
         "find /root/.ansible/tmp /var/tmp/linkedge -type f -size +20M 2>/dev/null | grep -q .",
         runner,
@@ -317,14 +322,7 @@ def test_power_cut_during_transfer():
 
 def test_power_cut_during_load():
     back_to_v1(remove_v2=True)
-    runner = playbook(
-        "site.yml",
-        "-e",
-        f"inference_service_release_dir={RELEASES / 'v2'}",
-        "-e",
-        "inference_service_transfer=full",
-        background=True,
-    )
+    runner = site_v2_full_archive()
     assert wait_on_truck(f"ls -d {DOCKER_ROOT}/tmp/docker-import-* >/dev/null 2>&1", runner), (
         "the load was never observed"
     )
