@@ -21,6 +21,18 @@ from prometheus_client import (
 )
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Why a gunicorn worker closed a connection (linkedge_connections_closed_total{reason}).
+CLOSE_REASONS = (
+    "answered",  # after an answer that said "Connection: close" (asked for, HTTP/1.0, ...)
+    "client",  # the client closed or reset it
+    "idle",  # no request began within the keep-alive timeout
+    "deadline",  # a request did not arrive within LINKEDGE_REQUEST_TIMEOUT (head or body)
+    "write_timeout",  # the client did not take its answer within LINKEDGE_REQUEST_TIMEOUT
+    "body_limit",  # a body over LINKEDGE_MAX_BODY_BYTES: answered 413, then closed
+    "bad_request",  # malformed HTTP: answered by gunicorn (400, 414, 431, 501...), then closed
+    "error",  # the server failed the request (500), then closed
+    "shutdown",  # the worker was stopping
+)
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 UNMATCHED_ENDPOINT = "<unmatched>"
 LATENCY_BUCKETS = (
@@ -54,6 +66,28 @@ def enable_multiprocess_values() -> None:
     if multiprocess_dir() is None:
         raise RuntimeError(f"{MULTIPROC_ENV} is not set")
     values.ValueClass = values.get_value_class()
+
+
+class ConnectionMetrics:
+    """``linkedge_connections_closed_total{reason}`` of one gunicorn worker (see CLOSE_REASONS).
+
+    Created by the worker after the fork: with PROMETHEUS_MULTIPROC_DIR its values live in
+    the worker's own file, and /metrics sums them over the workers like every other metric.
+    Every reason is exposed from the start, at 0.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.closed = Counter(
+            "linkedge_connections_closed",
+            "Connections a worker closed, by reason.",
+            ("reason",),
+            registry=self.registry,
+        )
+        self._children = {reason: self.closed.labels(reason) for reason in CLOSE_REASONS}
+
+    def count_closed(self, reason: str) -> None:
+        self._children[reason].inc()
 
 
 class ServingMetrics:
