@@ -12,12 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .report import markdown
+from .report import markdown, slow_clients_markdown, soak_markdown
+from .resilience import SlowClientBench, SoakBench
 from .run import Bench, Settings
 from .servers import ServerError
 from .tools import REPO, BenchSetupError, bench_python, ensure_bench_venv, ensure_wrk, log
 
 DEFAULT_OUT = REPO / "bench" / "results"
+SPECIAL_CASES = ("slow-clients", "soak")  # not throughput cases: bench/resilience.py
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,6 +55,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="train the bundle if it is missing and build the image from this checkout first",
     )
+    parser.add_argument(
+        "--case",
+        action="append",
+        default=[],
+        metavar="CASE",
+        help="run only this case (repeatable): a throughput case's key (single-predict, "
+        f"batch-100-json, ...), or one of {', '.join(SPECIAL_CASES)} on its own "
+        "(written to OUT/CASE.json/.md/.png, beside latest.*)",
+    )
+    parser.add_argument(
+        "--slow-seconds",
+        type=float,
+        help="slow-clients: each phase, alone and beside the slow clients (default 40, smoke 4)",
+    )
+    parser.add_argument(
+        "--slow-connections",
+        type=int,
+        default=64,
+        help="slow-clients: slow connections (half slow heads, half slow bodies; default 64)",
+    )
+    parser.add_argument(
+        "--soak-requests",
+        type=int,
+        help="soak: requests in all (default 5,000,000, smoke 20,000)",
+    )
+    parser.add_argument(
+        "--soak-connections", type=int, default=8, help="soak: wrk connections (default 8)"
+    )
+    parser.add_argument(
+        "--soak-slow-clients",
+        type=int,
+        default=8,
+        help="soak: slow connections trickling beside it (default 8; 0: none)",
+    )
+    parser.add_argument(
+        "--segment-seconds",
+        type=float,
+        default=5.0,
+        help="soak: seconds of load between two memory samples (default 5)",
+    )
     return parser.parse_args(argv)
 
 
@@ -73,7 +115,13 @@ def build(image: str, bundle: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     smoke = args.smoke
+    special = [case for case in args.case if case in SPECIAL_CASES]
+    if special and len(args.case) > 1:
+        print(f"bench: error: --case {special[0]} runs on its own", file=sys.stderr)
+        return 2
     with_mlserver = (args.mlserver or not smoke) and not args.no_mlserver
+    if special == ["soak"]:
+        with_mlserver = False  # the soak is about LinkEdge's own memory
     try:
         if args.build:
             build(args.image, args.bundle)
@@ -89,8 +137,18 @@ def main(argv: list[str] | None = None) -> int:
             cold_starts=args.cold_starts or (1 if smoke else 5),
             quiet_wait=args.quiet_wait if args.quiet_wait is not None else (0.0 if smoke else 90.0),
             mlserver_venv=venv if with_mlserver else None,
+            cases=tuple(args.case),
+            slow_seconds=args.slow_seconds or (4.0 if smoke else 40.0),
+            slow_connections=args.slow_connections,
+            soak_requests=args.soak_requests or (20_000 if smoke else 5_000_000),
+            soak_connections=args.soak_connections,
+            soak_slow_clients=args.soak_slow_clients,
+            segment_seconds=args.segment_seconds,
         )
-        report = Bench(settings, wrk).run()
+        runner = {"slow-clients": SlowClientBench, "soak": SoakBench}.get(
+            special[0] if special else "", Bench
+        )
+        report = runner(settings, wrk).run()
     except (
         BenchSetupError,
         ServerError,
@@ -101,17 +159,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    results = args.out / "latest.json"
+    name = special[0] if special else "latest"
+    results = args.out / f"{name}.json"
     results.write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(report)
-    (args.out / "latest.md").write_text(table)
+    render = {"slow-clients": slow_clients_markdown, "soak": soak_markdown}.get(name, markdown)
+    table = render(report)
+    (args.out / f"{name}.md").write_text(table)
     if not args.no_plot and venv is not None:
         plot = subprocess.run(
             [
                 str(bench_python(venv)),
                 str(Path(__file__).with_name("plot.py")),
                 str(results),
-                str(args.out / "latest.png"),
+                str(args.out / f"{name}.png"),
             ],
             capture_output=True,
             text=True,

@@ -37,6 +37,20 @@ def _children_cpu() -> float:
 def run_wrk(
     wrk: str, url: str, body: Body, body_file: Path, connections: int, seconds: float
 ) -> dict[str, Any]:
+    return run_script(
+        wrk,
+        url,
+        POST_SCRIPT,
+        [str(body_file), body.content_type, *body.header_args()],
+        connections,
+        seconds,
+    )
+
+
+def run_script(
+    wrk: str, url: str, script: Path, args: list[str], connections: int, seconds: float
+) -> dict[str, Any]:
+    """wrk with a Lua script that prints its figures as one ``BENCH_JSON {...}`` line."""
     command = [
         wrk,
         "--threads=1",
@@ -44,12 +58,10 @@ def run_wrk(
         f"--duration={max(1, round(seconds))}s",
         f"--timeout={WRK_TIMEOUT}",
         "--latency",
-        f"--script={POST_SCRIPT}",
+        f"--script={script}",
         url,
         "--",
-        str(body_file),
-        body.content_type,
-        *body.header_args(),
+        *args,
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     for line in result.stdout.splitlines():

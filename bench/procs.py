@@ -68,17 +68,26 @@ class Memory:
     pss_kib: int
     rss_kib: int
     processes: list[dict[str, int | str]]
+    # PSS by kind of page. File pages (libraries, the model file) are dropped and read back
+    # as the kernel reclaims them; anonymous and shmem pages (the heap, the metric files)
+    # are what a leak would grow.
+    pss_anon_kib: int = 0
+    pss_file_kib: int = 0
+    pss_shmem_kib: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {
             "pss_mib": round(self.pss_kib / 1024, 1),
             "rss_sum_mib": round(self.rss_kib / 1024, 1),
+            "pss_anon_mib": round(self.pss_anon_kib / 1024, 1),
+            "pss_file_mib": round(self.pss_file_kib / 1024, 1),
+            "pss_shmem_mib": round(self.pss_shmem_kib / 1024, 1),
             "processes": self.processes,
         }
 
 
 def memory(pids: list[int]) -> Memory:
-    pss = rss = 0
+    pss = rss = anon = file = shmem = 0
     processes: list[dict[str, int | str]] = []
     for pid in pids:
         try:
@@ -93,12 +102,16 @@ def memory(pids: list[int]) -> Memory:
                 values[parts[0].rstrip(":")] = int(parts[1])
         pss += values.get("Pss", 0)
         rss += values.get("Rss", 0)
+        anon += values.get("Pss_Anon", 0)
+        file += values.get("Pss_File", 0)
+        shmem += values.get("Pss_Shmem", 0)
         processes.append(
             {
                 "pid": pid,
                 "name": name,
                 "pss_kib": values.get("Pss", 0),
                 "rss_kib": values.get("Rss", 0),
+                "pss_anon_kib": values.get("Pss_Anon", 0),
             }
         )
-    return Memory(pss, rss, processes)
+    return Memory(pss, rss, processes, anon, file, shmem)

@@ -97,3 +97,127 @@ def markdown(report: dict[str, Any]) -> str:
         f"smoke vectors before and after), {verdict}"
     )
     return "\n".join(lines) + "\n"
+
+
+def _footer(report: dict[str, Any]) -> list[str]:
+    machine = report.get("machine", {})
+    git = report.get("git", {})
+    load = report.get("load_average", {})
+    verification = report.get("verification", {})
+    verdict = "all answers correct" if report.get("ok") else "FAILED"
+    lines = [
+        f"- {machine.get('cpus')} x {machine.get('cpu_model')}, wrk (1 thread) on the same "
+        f"machine; 1-min load average {load.get('start', ['?'])[0]} at the start, "
+        f"{load.get('end', ['?'])[0]} at the end; image {report['settings'].get('image')}; "
+        f"commit {(git.get('commit') or 'unknown')[:12]}{' (dirty)' if git.get('dirty') else ''}",
+        f"- verification: {verification.get('checks')} checks, {verdict}",
+    ]
+    lines += [f"  - {failure}" for failure in verification.get("failures", [])]
+    return lines
+
+
+def slow_clients_markdown(report: dict[str, Any]) -> str:
+    """The slow-clients case: normal latency alone and beside the slow connections."""
+    settings = report["settings"]
+    slow = settings["slow_connections"]
+    head = [
+        "server",
+        "alone: req/s",
+        "alone: p50 / p99 ms",
+        f"beside {slow} slow: req/s",
+        f"beside {slow} slow: p50 / p99 ms",
+        "timeouts / errors",
+        "slow connections ended",
+        "closed (by reason)",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in SERVER_ORDER:
+        entry = report.get("results", {}).get(key)
+        if not entry or "alone" not in entry:
+            continue
+        alone, beside = entry["alone"], entry["beside_slow_clients"]
+        errors = beside["errors"]
+        socket_errors = sum(v for k, v in errors.items() if k not in ("status", "timeout"))
+        ended = ", ".join(f"{n} {what}" for what, n in entry["slow_clients"]["ended"].items())
+        closed = ", ".join(f"{reason} {n}" for reason, n in entry["closures"].items() if n)
+        p99 = beside["latency_ms"]["p99"]
+        mark = "" if entry["p99_within_target"] else " (over the target)"
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    entry["label"],
+                    f"{alone['requests_per_s']:,.0f}",
+                    f"{alone['latency_ms']['p50']:.2f} / {alone['latency_ms']['p99']:.2f}",
+                    f"{beside['requests_per_s']:,.0f}",
+                    f"{beside['latency_ms']['p50']:.2f} / **{p99:.2f}**{mark}",
+                    f"{errors['timeout']} / {socket_errors + beside['non_2xx']}",
+                    ended or "none",
+                    closed or "-",
+                ]
+            )
+            + " |"
+        )
+    lines.append("")
+    lines.append(
+        f"- {settings['normal_connections']} wrk connections sending one record per request "
+        f"for {settings['phase_seconds']:.0f} s alone, then {settings['phase_seconds']:.0f} s "
+        f"beside {slow} slow connections (half trickle a head, half a body, one byte every "
+        f"{settings['trickle_seconds']:g} s; each one that ends is replaced); target: p99 <= "
+        f"{settings['p99_target_ms']:g} ms beside them"
+    )
+    return "\n".join(lines + _footer(report)) + "\n"
+
+
+def soak_markdown(report: dict[str, Any]) -> str:
+    """The soak case: requests, answers, restarts and memory growth."""
+    settings = report["settings"]
+    totals = report.get("totals", {})
+    samples = report.get("samples", [])
+    growth = report.get("growth_mib_per_million")
+    first = samples[0]["pss_anon_shmem_mib"] if samples else None
+    last = samples[-1]["pss_anon_shmem_mib"] if samples else None
+    total = report.get("total_pss_growth_mib_per_million")
+    mix = ", ".join(
+        f"{kind['weight']}x {kind['key']}" + (f" ({kind['status']})" if "status" in kind else "")
+        for kind in settings.get("mix", [])
+    )
+    lines = [
+        "| requests | req/s | 2xx | 4xx | 5xx | socket errors | worker restarts | "
+        "PSS anon+shmem start → end, MiB | its growth after warm-up, MiB per million "
+        "requests |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {totals.get('requests', 0):,} | {totals.get('requests_per_s', 0):,.0f} | "
+        f"{totals.get('2xx', 0):,} | {totals.get('4xx', 0):,} | {totals.get('5xx', 0):,} | "
+        f"{totals.get('socket_errors', 0):,} | {report.get('restarts')} | "
+        f"{first} → {last} | "
+        + (
+            f"**{growth:+.3f}** (limit {settings['growth_limit_mib_per_million']:g})"
+            + (
+                ""
+                if report.get("growth_judged", True)
+                else f", not judged: under {settings['min_judged_requests']:,} requests "
+                "after the warm-up"
+            )
+            if growth is not None
+            else "-"
+        )
+        + " |",
+        "",
+        f"- mix per cycle: {mix}; {settings['connections']} wrk connections, "
+        f"{settings['slow_clients']} slow connections trickling beside them; PSS of the "
+        f"container's processes after every {settings['segment_seconds']:g} s of load; "
+        f"warm-up {settings['warmup_requests']:,} requests",
+        "- growth: least-squares slope of the anonymous + shmem part of PSS (heap, metric "
+        "files) after the warm-up; total PSS, file pages included (reclaimed and read back "
+        "by the kernel as they cool), "
+        + (f"{total:+.3f} MiB per million requests" if total is not None else "-")
+        + (f", {samples[0]['pss_mib']} → {samples[-1]['pss_mib']} MiB" if samples else ""),
+    ]
+    closures = report.get("closures") or {}
+    if closures:
+        lines.append(
+            "- connections closed: "
+            + ", ".join(f"{reason} {int(n):,}" for reason, n in closures.items() if n)
+        )
+    return "\n".join(lines + _footer(report)) + "\n"

@@ -39,6 +39,15 @@ class Settings:
     cold_starts: int = 5
     mlserver_venv: Path | None = None  # None: LinkEdge only
     workdir: Path | None = None
+    cases: tuple[str, ...] = ()  # keys of the standard cases to run; empty: all of them
+    # --case slow-clients (bench/resilience.py)
+    slow_seconds: float = 40.0  # each phase: alone, then beside the slow clients
+    slow_connections: int = 64
+    # --case soak (bench/resilience.py)
+    soak_requests: int = 5_000_000
+    soak_connections: int = 8
+    soak_slow_clients: int = 8  # trickling beside the soak, replaced as the deadline ends them
+    segment_seconds: float = 5.0  # one wrk run between two memory samples
 
 
 def image_size_mb(image: str) -> float:
@@ -221,17 +230,13 @@ class Bench:
         if socket_errors > MAX_SOCKET_ERROR_SHARE * max(1, figures["requests"]):
             self.failures.append(f"{what}: {socket_errors} socket errors under load")
 
-    def run(self) -> dict[str, Any]:
+    def header(self, model_version: str) -> dict[str, Any]:
+        """What every results document starts with: when, what, on which machine."""
         settings = self.settings
-        started = dt.datetime.now(dt.UTC)
-        load_start = os.getloadavg()
-        bundle = load_bundle(settings.bundle)
-        factory = BodyFactory(bundle)
-        cases = smoke_cases(factory) if settings.mode == "smoke" else full_cases(factory)
-        report: dict[str, Any] = {
+        return {
             "schema": 1,
             "mode": settings.mode,
-            "started": started.isoformat(timespec="seconds"),
+            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "git": git_state(),
             "machine": machine_info(),
             "settings": {
@@ -243,9 +248,26 @@ class Bench:
                 "wrk_threads": 1,
                 "image": settings.image,
                 "bundle": str(settings.bundle),
-                "model_version": bundle.version,
+                "model_version": model_version,
             },
         }
+
+    def run(self) -> dict[str, Any]:
+        settings = self.settings
+        load_start = os.getloadavg()
+        bundle = load_bundle(settings.bundle)
+        factory = BodyFactory(bundle)
+        cases = smoke_cases(factory) if settings.mode == "smoke" else full_cases(factory)
+        if settings.cases:
+            known = {case.key for case in cases}
+            unknown = [key for key in settings.cases if key not in known]
+            if unknown:
+                raise ValueError(
+                    f"no such {settings.mode} case: {', '.join(unknown)} "
+                    f"(cases: {', '.join(sorted(known))}, slow-clients, soak)"
+                )
+            cases = [case for case in cases if case.key in settings.cases]
+        report = self.header(bundle.version)
         with tempfile.TemporaryDirectory(prefix="linkedge-bench-") as tmp:
             workdir = settings.workdir or Path(tmp)
             bodies_dir = workdir / "bodies"

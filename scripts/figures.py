@@ -193,6 +193,44 @@ def bench_section(root: Path, source: Source) -> list[str]:
     return lines
 
 
+# Bench cases with a report of their own: (file stem, title, renderer in bench/report.py).
+BENCH_CASES = (
+    (
+        "slow-clients",
+        "Serving beside 64 slow clients (`python -m bench --build --case slow-clients`)",
+        "slow_clients_markdown",
+    ),
+    (
+        "soak",
+        "Soak: memory over millions of requests (`python -m bench --case soak`)",
+        "soak_markdown",
+    ),
+)
+
+
+def bench_case_section(root: Path, source: Source, title: str, renderer: str) -> list[str]:
+    lines = [f"## {title}", ""]
+    report = read_json(source.path)
+    if report is None:
+        return [*lines, f"Not measured yet: run {source.written_by}.", ""]
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from bench import report as bench_report  # its own table, not a copy
+
+    source.measured = f"{report.get('started', '?')} to {report.get('finished', '?')}"
+    source.commit = commit_text(report.get("git"))
+    lines += [
+        f"Measured {source.measured}, commit {source.commit}.",
+        "",
+        getattr(bench_report, renderer)(report).rstrip("\n"),
+        "",
+    ]
+    plot = source.path.with_suffix(".png")
+    if plot.is_file():
+        lines += [f"![{source.label}](../{plot.relative_to(root).as_posix()})", ""]
+    return lines
+
+
 def release_section(source: Source) -> list[str]:
     lines = ["## Model and release (`make release`)", ""]
     manifest = read_json(source.path)
@@ -291,11 +329,18 @@ def render(root: Path) -> str:
         )
         for name in names
     }
+    cases = {
+        stem: Source(stem, root / "bench" / "results" / f"{stem}.json", root,
+                     f"`python -m bench --case {stem}`")
+        for stem, _title, _renderer in BENCH_CASES
+    }  # fmt: skip
     body = bench_section(root, bench)  # each section fills in its source's date and commit
+    for stem, title, renderer in BENCH_CASES:
+        body += bench_case_section(root, cases[stem], title, renderer)
     for name in names:
         body += scenario_section(name, scenarios[name])
     body += release_section(release) + fuzz_section(fuzz)
-    sources = [bench, *scenarios.values(), release, fuzz]
+    sources = [bench, *cases.values(), *scenarios.values(), release, fuzz]
     head = [
         "# Measured figures",
         "",
