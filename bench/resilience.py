@@ -21,7 +21,6 @@ file-backed part (libraries, the model) comes and goes as the kernel reclaims co
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 import statistics
@@ -54,10 +53,6 @@ GROWTH_LIMIT_MIB_PER_MILLION = 1.0
 MIN_JUDGED_REQUESTS = 500_000
 EXPECTED_SHARE_TOLERANCE = 0.01  # 4xx share vs the share of bad inputs sent
 CLOSED_METRIC = re.compile(r'^linkedge_connections_closed_total\{reason="([a-z_]+)"\} (\S+)$', re.M)
-
-
-def now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def closures(base_url: str) -> dict[str, float] | None:
@@ -100,13 +95,7 @@ class SlowClientBench(Bench):
             workdir = settings.workdir or Path(tmp)
             servers = self._servers(workdir)
             try:
-                for server in servers:
-                    log(f"starting {server.label}")
-                    server.start()
-                    self._check(
-                        f"{server.key} smoke vectors before load",
-                        lambda s=server: verify.check_smoke(factory, s.kind, s.base_url),
-                    )
+                self.start_checked(servers, factory)
                 for server in servers:
                     body = bodies[server.kind]
                     body_file = body.write(workdir)
@@ -120,14 +109,7 @@ class SlowClientBench(Bench):
                 for server in servers:
                     server.stop()
         report["results"] = results
-        report["load_average"] = {
-            "start": [round(v, 2) for v in load_start],
-            "end": [round(v, 2) for v in os.getloadavg()],
-        }
-        report["verification"] = {"checks": self.checks, "failures": self.failures}
-        report["ok"] = not self.failures
-        report["finished"] = now()
-        return report
+        return self.finish(report, load_start)
 
     def one_server(self, servers: list[Any], server: Any, body: Body, body_file: Path) -> dict:
         settings = self.settings
@@ -406,14 +388,7 @@ class SoakBench(Bench):
                 f"soak: memory grew {growth:.2f} MiB per million requests after the warm-up "
                 f"(limit {GROWTH_LIMIT_MIB_PER_MILLION})"
             )
-        report["load_average"] = {
-            "start": [round(v, 2) for v in load_start],
-            "end": [round(v, 2) for v in os.getloadavg()],
-        }
-        report["verification"] = {"checks": self.checks, "failures": self.failures}
-        report["ok"] = not self.failures
-        report["finished"] = now()
-        return report
+        return self.finish(report, load_start)
 
     def _check_mix(self, server: Any, factory: BodyFactory, kinds: list) -> None:
         """Every request of the mix gets its answer before the load: right predictions for

@@ -108,6 +108,10 @@ def idle_cpu(servers: list[Any], seconds: float = 2.0) -> dict[str, float]:
     }
 
 
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
 class Bench:
     def __init__(self, settings: Settings, wrk: str) -> None:
         self.settings = settings
@@ -116,6 +120,28 @@ class Bench:
         self.checks = 0
         self.loads: list[tuple[float, float, float]] = []
         self.quiet: dict[str, float] | None = None
+
+    def start_checked(self, servers: list[Any], factory: BodyFactory) -> None:
+        """Start each server and check its smoke vectors before any load."""
+        for server in servers:
+            log(f"starting {server.label}")
+            server.start()
+            self._check(
+                f"{server.key} smoke vectors before load",
+                lambda s=server: verify.check_smoke(factory, s.kind, s.base_url),
+            )
+
+    def finish(self, report: dict[str, Any], load_start: tuple[float, ...]) -> dict[str, Any]:
+        """The verification verdict, the load average at the start and end, the finish time."""
+        report["load_average"] = {
+            **report.get("load_average", {}),
+            "start": [round(v, 2) for v in load_start],
+            "end": [round(v, 2) for v in os.getloadavg()],
+        }
+        report["verification"] = {"checks": self.checks, "failures": self.failures}
+        report["ok"] = not self.failures
+        report["finished"] = now()
+        return report
 
     def _check(self, what: str, action) -> bool:
         self.checks += 1
@@ -236,7 +262,7 @@ class Bench:
         return {
             "schema": 1,
             "mode": settings.mode,
-            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "started": now(),
             "git": git_state(),
             "machine": machine_info(),
             "settings": {
@@ -276,13 +302,7 @@ class Bench:
             starts = cold_starts(settings.image, settings.cold_starts)
             servers = self._servers(workdir)
             try:
-                for server in servers:
-                    log(f"starting {server.label}")
-                    server.start()
-                    self._check(
-                        f"{server.key} smoke vectors before load",
-                        lambda s=server: verify.check_smoke(factory, s.kind, s.base_url),
-                    )
+                self.start_checked(servers, factory)
                 idle = idle_cpu(servers)
                 report["cases"] = []
                 for case in cases:
@@ -324,20 +344,14 @@ class Bench:
             finally:
                 for server in servers:
                     server.stop()
-        load_end = os.getloadavg()
         loads_1m = [load[0] for load in self.loads] or [load_start[0]]
         report["load_average"] = {
-            "start": [round(v, 2) for v in load_start],
-            "end": [round(v, 2) for v in load_end],
             "min_1m_during": round(min(loads_1m), 2),
             "max_1m_during": round(max(loads_1m), 2),
             "mean_1m_during": round(statistics.fmean(loads_1m), 2),
         }
         report["ratios"] = ratios(report["cases"])
-        report["verification"] = {"checks": self.checks, "failures": self.failures}
-        report["ok"] = not self.failures
-        report["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        return report
+        return self.finish(report, load_start)
 
 
 def ratios(cases: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
