@@ -9,6 +9,11 @@ Serving containers use the host's network: the server binds the service port its
 SO_REUSEPORT (LINKEDGE_REUSE_PORT=1), so a new container can bind it while the old one still
 serves, and it answers on a check port of its own on 127.0.0.1 (LINKEDGE_CHECK_PORT) so the
 module can check exactly the new container. No port is published through Docker.
+
+With ``mqtt`` set, the serving container (never the candidate, which only proves the image)
+also answers on the truck's MQTT bus: its settings go into LINKEDGE_MQTT_* variables, the
+password file and the answered-ids directory are mounted, and each container gets a client id
+of its own (kept across its restarts, so it resumes its broker session after a power cut).
 """
 
 from __future__ import annotations
@@ -16,12 +21,20 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
 import socket
 
 from ansible_collections.linkedge.edge.plugins.module_utils.contract import (
     API_TOKEN_MOUNT,
     ENV_CHECK_PORT,
     ENV_HOST,
+    ENV_MQTT_CLIENT_ID,
+    ENV_MQTT_HOST,
+    ENV_MQTT_PASSWORD_FILE,
+    ENV_MQTT_PORT,
+    ENV_MQTT_STATE_DIR,
+    ENV_MQTT_TRUCK,
+    ENV_MQTT_USERNAME,
     ENV_PORT,
     ENV_REUSE_PORT,
     ENV_TOKEN_FILE,
@@ -30,12 +43,24 @@ from ansible_collections.linkedge.edge.plugins.module_utils.contract import (
     LABEL_CONFIG_SHA256,
     LABEL_ROLE,
     LABEL_SERVICE,
+    MQTT_PASSWORD_MOUNT,
+    MQTT_STATE_MOUNT,
+    MQTT_TRUCK_PATTERN,
     ROLE_CANDIDATE,
     ROLE_SERVING,
     TMPFS_OPTIONS,
 )
 
-MANAGED_ENV = (ENV_HOST, ENV_PORT, ENV_CHECK_PORT, ENV_REUSE_PORT, ENV_TOKEN_FILE)
+MQTT_ENV = (
+    ENV_MQTT_HOST,
+    ENV_MQTT_PORT,
+    ENV_MQTT_TRUCK,
+    ENV_MQTT_USERNAME,
+    ENV_MQTT_PASSWORD_FILE,
+    ENV_MQTT_CLIENT_ID,
+    ENV_MQTT_STATE_DIR,
+)
+MANAGED_ENV = (ENV_HOST, ENV_PORT, ENV_CHECK_PORT, ENV_REUSE_PORT, ENV_TOKEN_FILE, *MQTT_ENV)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _ROOT_USERS = ("", "0", "root")
 
@@ -71,7 +96,7 @@ def desired_spec(params: dict, image) -> dict:
         raise SpecError(f"memory {params['memory']} is below Docker's minimum of 6m")
     if params["cpus"] <= 0:
         raise SpecError(f"cpus must be positive, got {params['cpus']}")
-    return {
+    spec = {
         "image_id": image.id,
         "user": image_user(image),
         "bind_address": params["bind_address"],
@@ -84,6 +109,55 @@ def desired_spec(params: dict, image) -> dict:
         "restart_policy": params["restart_policy"],
         "tmpfs_bytes": tmpfs,
     }
+    mqtt = mqtt_spec(params.get("mqtt"))
+    if mqtt is not None:  # absent otherwise: the fingerprint of a container without MQTT stays
+        spec["mqtt"] = mqtt
+    return spec
+
+
+def mqtt_spec(mqtt: dict | None) -> dict | None:
+    """The MQTT settings of the serving container, checked; None: no MQTT adapter."""
+    if not mqtt:
+        return None
+    truck = str(mqtt.get("truck") or "")
+    if not re.fullmatch(MQTT_TRUCK_PATTERN, truck):
+        raise SpecError(
+            f"mqtt.truck {truck!r} is not a truck id for MQTT topics: letters, digits, "
+            "'_', '.', '-' (up to 64, no '/', '+' or '#')"
+        )
+    port = int(mqtt.get("port") or 1883)
+    if not 0 < port < 65536:
+        raise SpecError(f"mqtt.port {port} is not a TCP port")
+    if bool(mqtt.get("username")) != bool(mqtt.get("password_file")):
+        raise SpecError("mqtt.username and mqtt.password_file go together: set both or neither")
+    return {
+        "host": str(mqtt.get("host") or "127.0.0.1"),
+        "port": port,
+        "truck": truck,
+        "username": mqtt.get("username") or None,
+        "password_file": mqtt.get("password_file") or None,
+        "state_dir": mqtt.get("state_dir") or None,
+    }
+
+
+def mqtt_env_and_mounts(mqtt: dict, name: str) -> tuple[dict[str, str], dict[str, dict]]:
+    """LINKEDGE_MQTT_* and the mounts of one new serving container. The client id is this
+    container's own (its name and a random suffix): not part of the settings' fingerprint."""
+    env = {
+        ENV_MQTT_HOST: mqtt["host"],
+        ENV_MQTT_PORT: str(mqtt["port"]),
+        ENV_MQTT_TRUCK: mqtt["truck"],
+        ENV_MQTT_CLIENT_ID: f"{name}-{secrets.token_hex(4)}",
+    }
+    mounts: dict[str, dict] = {}
+    if mqtt["username"]:
+        env[ENV_MQTT_USERNAME] = mqtt["username"]
+        env[ENV_MQTT_PASSWORD_FILE] = MQTT_PASSWORD_MOUNT
+        mounts[mqtt["password_file"]] = {"bind": MQTT_PASSWORD_MOUNT, "mode": "ro"}
+    if mqtt["state_dir"]:
+        env[ENV_MQTT_STATE_DIR] = MQTT_STATE_MOUNT
+        mounts[mqtt["state_dir"]] = {"bind": MQTT_STATE_MOUNT, "mode": "rw"}
+    return env, mounts
 
 
 def user_env(env: dict | None) -> dict[str, str]:
@@ -146,6 +220,10 @@ def create_kwargs(
     if spec.get("api_token_file"):
         env[ENV_TOKEN_FILE] = API_TOKEN_MOUNT
         mounts[spec["api_token_file"]] = {"bind": API_TOKEN_MOUNT, "mode": "ro"}
+    if spec.get("mqtt") and not candidate:
+        mqtt_env, mqtt_mounts = mqtt_env_and_mounts(spec["mqtt"], name)
+        env.update(mqtt_env)
+        mounts.update(mqtt_mounts)
     return {
         "image": image_ref,
         "name": name,

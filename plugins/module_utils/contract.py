@@ -75,6 +75,43 @@ PREDICT_PATH = "/predict"
 METADATA_PATH = "/v2/models/" + MODEL_NAME
 INFER_PATH = METADATA_PATH + "/infer"
 
+# --- MQTT: the truck's local bus ------------------------------------------------------------------
+# Topics per truck: sensors publish features; the serving containers answer on predictions
+# (QoS 1; MQTT 5 response topic and correlation data honoured) or errors, and repeat every
+# "pos" row on alerts, which the truck's bridge forwards to the depot with its retained status.
+MQTT_ROOT = "linkedge"
+MQTT_APS_LEAVES = ("features", "predictions", "errors", "alerts")
+MQTT_STATUS_LEAF = "status"
+# Every serving container of a truck subscribes to the features through this shared group, so
+# during a handover the old and the new container split the messages and none is lost.
+MQTT_SHARE_GROUP = "linkedge-aps"
+MQTT_DEFAULT_PORT = 1883
+MQTT_TRUCK_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"  # no "/", "+", "#": one topic level
+MQTT_PASSWORD_MOUNT = "/run/secrets/linkedge-mqtt-password"
+MQTT_STATE_MOUNT = "/var/lib/linkedge/mqtt"  # answered message ids (survive a power cut)
+
+ENV_MQTT_HOST = "LINKEDGE_MQTT_HOST"  # unset: no MQTT adapter
+ENV_MQTT_PORT = "LINKEDGE_MQTT_PORT"
+ENV_MQTT_TRUCK = "LINKEDGE_MQTT_TRUCK"
+ENV_MQTT_USERNAME = "LINKEDGE_MQTT_USERNAME"
+ENV_MQTT_PASSWORD_FILE = "LINKEDGE_MQTT_PASSWORD_FILE"
+ENV_MQTT_CLIENT_ID = "LINKEDGE_MQTT_CLIENT_ID"
+ENV_MQTT_STATE_DIR = "LINKEDGE_MQTT_STATE_DIR"
+
+
+def mqtt_topic(truck: str, leaf: str) -> str:
+    """``linkedge/<truck>/aps/<leaf>`` for the APS leaves, ``linkedge/<truck>/status``."""
+    if leaf == MQTT_STATUS_LEAF:
+        return f"{MQTT_ROOT}/{truck}/{leaf}"
+    if leaf not in MQTT_APS_LEAVES:
+        raise ValueError(f"unknown MQTT topic leaf {leaf!r}")
+    return f"{MQTT_ROOT}/{truck}/aps/{leaf}"
+
+
+def mqtt_shared_features(truck: str) -> str:
+    return f"$share/{MQTT_SHARE_GROUP}/{mqtt_topic(truck, 'features')}"
+
+
 # --- the release ------------------------------------------------------------------------------
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_SUFFIX = ".sig"

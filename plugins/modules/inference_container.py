@@ -73,10 +73,47 @@ options:
   env:
     description:
       - Environment variables for the container (C(LINKEDGE_WORKERS) and others).
-      - C(LINKEDGE_HOST), C(LINKEDGE_PORT), C(LINKEDGE_CHECK_PORT), C(LINKEDGE_REUSE_PORT) and
-        C(LINKEDGE_API_TOKEN_FILE) are set by the module and refused here.
+      - C(LINKEDGE_HOST), C(LINKEDGE_PORT), C(LINKEDGE_CHECK_PORT), C(LINKEDGE_REUSE_PORT),
+        C(LINKEDGE_API_TOKEN_FILE) and the C(LINKEDGE_MQTT_*) variables are set by the module
+        and refused here.
     type: dict
     default: {}
+  mqtt:
+    description:
+      - "Answer predictions on the truck's MQTT bus too: the serving container subscribes to
+        C(linkedge/<truck>/aps/features) through the shared subscription
+        C($share/linkedge-aps/...), so during a switch the old and the new container split the
+        messages and the old one answers what it took before it stops."
+      - The candidate never connects to the broker. Each serving container gets a client id of
+        its own, kept across its restarts (it resumes its persistent session).
+      - Omit for a container without MQTT.
+    type: dict
+    suboptions:
+      truck:
+        description: The truck's id in the topics (letters, digits, C(_), C(.), C(-)).
+        type: str
+        required: true
+      host:
+        description: The broker's address as seen from the host's network.
+        type: str
+        default: 127.0.0.1
+      port:
+        description: The broker's port.
+        type: int
+        default: 1883
+      username:
+        description: The container's broker user (the C(inference) client of the broker's ACL).
+        type: str
+      password_file:
+        description:
+          - Path on the host of a file holding that user's password, readable by the image's
+            user (owner 10001, mode 0400); mounted read-only. Required with O(mqtt.username).
+        type: path
+      state_dir:
+        description:
+          - Directory on the host, writable by the image's user, where the container logs the
+            ids it answered, so a message redelivered after a power cut is not answered twice.
+        type: path
   memory:
     description: Memory limit (Docker notation, binary units such as C(512m) or C(1g)); swap is
       limited to the same value, so the container does not swap.
@@ -156,6 +193,15 @@ EXAMPLES = r"""
     env:
       LINKEDGE_WORKERS: "2"
   register: serving
+
+- name: Serve the release over HTTP and on the truck's MQTT bus
+  linkedge.edge.inference_container:
+    image: linkedge/aps-classifier:1.4.0
+    mqtt:
+      truck: truck-042
+      username: linkedge-inference
+      password_file: /etc/linkedge/mqtt-inference.password
+      state_dir: /var/lib/linkedge/mqtt
 
 - name: Report a rollback without failing the play
   linkedge.edge.inference_container:
@@ -272,6 +318,17 @@ ARGUMENT_SPEC = dict(
     bind_address=dict(type="str", default="127.0.0.1"),
     api_token_file=dict(type="path"),
     env=dict(type="dict", default={}),
+    mqtt=dict(
+        type="dict",
+        options=dict(
+            truck=dict(type="str", required=True),
+            host=dict(type="str", default="127.0.0.1"),
+            port=dict(type="int", default=1883),
+            username=dict(type="str"),
+            password_file=dict(type="path", no_log=False),
+            state_dir=dict(type="path"),
+        ),
+    ),
     memory=dict(type="str", default="512m"),
     cpus=dict(type="float", default=2.0),
     pids_limit=dict(type="int", default=256),
