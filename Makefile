@@ -9,11 +9,11 @@ DEMO_IMAGE  ?= linkedge/aps-classifier:demo
 export LINKEDGE_WHEELHOUSE := $(abspath $(WHEELHOUSE))
 
 .PHONY: help setup docker base-image wheelhouse test-tools release lint sanity truck-image \
-        molecule-releases molecule molecule-fleet molecule-resilience bench test test-unit test-integration demo demo-image clean
+        molecule-releases molecule molecule-fleet molecule-resilience molecule-mqtt bench test test-unit test-integration demo demo-image clean
 
 help:
 	@echo "make demo   build a release, provision 2 simulated trucks with site.yml, query them"
-	@echo "make test   lint + sanity + every test (unit, fuzz, integration, modules) + molecule default, fleet, resilience"
+	@echo "make test   lint + sanity + every test (unit, fuzz, integration, modules) + molecule default, fleet, resilience, mqtt"
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,11 +71,17 @@ molecule-fleet: setup truck-image molecule-releases
 molecule-resilience: setup truck-image molecule-releases
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/molecule test -s resilience
 
+# A truck and a depot broker: predictions over MQTT, ACLs, a switch, a broker restart and a
+# power cut under traffic, store-and-forward across a cut depot link.
+molecule-mqtt: setup truck-image molecule-releases
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/molecule test -s mqtt
+
 test: lint sanity setup docker base-image wheelhouse test-tools release truck-image molecule-releases
 	$(BIN)/pytest -q tests
 	$(MAKE) molecule
 	$(MAKE) molecule-fleet
 	$(MAKE) molecule-resilience
+	$(MAKE) molecule-mqtt
 
 # LinkEdge vs MLServer side by side under wrk (about 7 min): bench/results/latest.{json,md,png}.
 bench: setup docker base-image wheelhouse
