@@ -148,7 +148,7 @@ def test_truck_files(tmp_path):
         "autosave_interval 1",
         "max_queued_messages 10000",
         "max_queued_bytes 16777216",
-        "max_inflight_messages 1",
+        "max_inflight_messages 20",
         "max_packet_size 266240",
         "message_size_limit 262144",
         "persistent_client_expiration 30d",
