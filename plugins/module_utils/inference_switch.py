@@ -267,6 +267,16 @@ class InferenceSwitch:
         self.step(f"renamed {previous_name(self.name)} back to {self.name} (interrupted switch)")
         return previous, None
 
+    def _discard(self, container) -> None:
+        """Stop gracefully, then remove: a serving container that joined the truck's MQTT
+        group answers what it took and ends its broker session (a killed one would leave a
+        session that keeps receiving its share of the features)."""
+        try:
+            container.stop(timeout=self.params["stop_timeout"])
+        except DockerException:
+            pass  # removed by force below either way
+        container.remove(force=True)
+
     def _retire(self, container) -> None:
         """Never restarted again, then a graceful stop (gunicorn finishes in-flight requests)."""
         container.update(restart_policy={"Name": "no"})
@@ -300,7 +310,7 @@ class InferenceSwitch:
             self.step(f"{self.name} restart policy {spec['restart_policy']}")
         except (NotReady, SwitchFailed, DockerException) as exc:
             if new is not None:
-                new.remove(force=True)
+                self._discard(new)
                 self.step(f"removed the failed {self.name}")
             self._restore(current)
             after = (
