@@ -24,6 +24,7 @@ from .contract import (
     DEFAULT_PORT,
     ENV_BUNDLE,
     ENV_PORT,
+    MQTT_DEFAULT_PORT,
     PREDICT_PATH,
     READY_PATH,
     SCHEMA_FILE,
@@ -521,6 +522,38 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sensor(args: argparse.Namespace) -> int:
+    """Publish CSV rows as features messages on a truck's MQTT bus; report (and with
+    --wait-answers, check) what came back."""
+    from .sensor import SensorConfig, run_sensor
+
+    if args.out is not None and not args.out.parent.is_dir():
+        raise UserError(f"--out {args.out}: no such directory {args.out.parent}")
+    config = SensorConfig(
+        host=args.host,
+        port=args.port,
+        truck=args.truck,
+        username=args.username,
+        password_file=args.password_file,
+        rows=args.rows,
+        rate=args.rate,
+        count=args.count,
+        batch=args.batch,
+        qos=args.qos,
+        wait_answers=args.wait_answers,
+        timeout=args.timeout,
+        id_prefix=args.id_prefix,
+        client_id=args.client_id,
+    )
+    report = run_sensor(config)
+    if args.out is not None:
+        args.out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    _print_json(report)
+    if args.wait_answers and (report["lost"] or report["duplicated"]):
+        return 1  # the service's fault, not the user's
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -658,6 +691,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="file holding the API token, when the server requires one (LINKEDGE_API_TOKEN_FILE)",
     )
     p.set_defaults(func=cmd_send)
+
+    p = commands.add_parser(
+        "sensor", help="publish CSV rows as features messages on a truck's MQTT bus"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="MQTT broker (default: %(default)s)")
+    p.add_argument(
+        "--port", type=int, default=MQTT_DEFAULT_PORT, help="broker port (default: %(default)s)"
+    )
+    p.add_argument("--truck", required=True, help="the truck id in the topics")
+    p.add_argument("--username", help="broker user")
+    p.add_argument("--password-file", type=Path, help="file holding the broker user's password")
+    p.add_argument("--rows", type=Path, required=True, help="APS CSV file (labeled or not)")
+    p.add_argument(
+        "--rate", type=float, help="messages per second (default: as fast as the broker takes)"
+    )
+    p.add_argument("--count", type=int, help="messages to send (default: every row once)")
+    p.add_argument("--batch", type=int, default=1, help="rows per message (default: 1)")
+    p.add_argument("--qos", type=int, default=1, choices=(0, 1), help="default: 1")
+    p.add_argument(
+        "--wait-answers",
+        action="store_true",
+        help="subscribe to predictions and errors; report answered, lost, duplicated, latency",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for answers (default: 30)"
+    )
+    p.add_argument("--id-prefix", help="message ids are PREFIX-N (default: random)")
+    p.add_argument("--client-id", help="MQTT client id (default: random)")
+    p.add_argument("--out", type=Path, help="also write the report (JSON) to this file")
+    p.set_defaults(func=cmd_sensor)
     return parser
 
 
@@ -670,6 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
 _PACKAGE_ERRORS = (
     ("inference_image.bundle", "BundleError"),
     ("inference_image.data", "DataFormatError"),
+    ("inference_image.sensor", "SensorError"),
     ("inference_image.download", "DownloadError"),
     ("inference_image.predictor", "PredictorError"),
     ("inference_image.signing", "SigningError"),

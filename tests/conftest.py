@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import getpass
 import os
+import secrets
+import signal
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 # libgomp spin-waits by default: with nthread=2 on a busy 2-core machine, training the tiny
@@ -141,3 +147,311 @@ def migrate_queued_connections():
     yield
     if before != "1":
         MIGRATE_REQ.write_text(before)
+
+
+# --- MQTT: a real Mosquitto broker per test -------------------------------------------------
+
+MOSQUITTO = Path("/usr/sbin/mosquitto")
+MOSQUITTO_PASSWD = Path("/usr/bin/mosquitto_passwd")
+MQTT_SERVER_USER = "linkedge-inference"  # the serving containers' user in the truck's ACL
+MQTT_SENSOR_USER = "sensor"
+MQTT_REPLY_ROOT = "reply"  # where test clients ask for answers (MQTT 5 response topic)
+
+
+class MosquittoBroker:
+    """``/usr/sbin/mosquitto`` with a configuration of its own on a free port: password file
+    (``mosquitto_passwd -b``), ACL (the server may read features and write answers; the
+    sensor the reverse), optionally persistence (sessions and queued messages survive a
+    restart). ``restart()`` stops it (SIGTERM: it saves its database) and starts it again on
+    the same port."""
+
+    def __init__(self, directory: Path, persistence: bool = False) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.passwords = {
+            MQTT_SERVER_USER: secrets.token_hex(8),
+            MQTT_SENSOR_USER: secrets.token_hex(8),
+        }
+        self.password_files: dict[str, Path] = {}
+        passwd = directory / "passwd"
+        for index, (user, password) in enumerate(self.passwords.items()):
+            create = ["-c"] if index == 0 else []
+            subprocess.run(
+                [str(MOSQUITTO_PASSWD), *create, "-b", str(passwd), user, password],
+                check=True,
+                capture_output=True,
+            )
+            secret = directory / f"{user}.password"
+            secret.write_text(password + "\n")
+            secret.chmod(0o600)
+            self.password_files[user] = secret
+        acl = directory / "acl"
+        acl.write_text(
+            f"user {MQTT_SERVER_USER}\n"
+            "topic read linkedge/+/aps/features\n"
+            "topic write linkedge/+/aps/predictions\n"
+            "topic write linkedge/+/aps/errors\n"
+            "topic write linkedge/+/aps/alerts\n"
+            f"topic write {MQTT_REPLY_ROOT}/#\n"
+            f"user {MQTT_SENSOR_USER}\n"
+            "topic write linkedge/+/aps/features\n"
+            "topic read linkedge/+/aps/#\n"
+            f"topic read {MQTT_REPLY_ROOT}/#\n"
+        )
+        self.log_path = directory / "mosquitto.log"
+        store = directory / "store"
+        store.mkdir(exist_ok=True)
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous false",
+            f"password_file {passwd}",
+            f"acl_file {acl}",
+            f"user {getpass.getuser()}",  # started as root, it would switch to "mosquitto"
+            "set_tcp_nodelay true",
+            "max_queued_messages 100000",
+            f"log_dest file {self.log_path}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "connection_messages true",
+        ]
+        if persistence:
+            lines += ["persistence true", f"persistence_location {store}/", "autosave_interval 1"]
+        self.config = directory / "mosquitto.conf"
+        self.config.write_text("\n".join(lines) + "\n")
+        self.process = None
+        self.start()
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.process = subprocess.Popen(
+            [str(MOSQUITTO), "-c", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"mosquitto exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        pytest.fail(f"mosquitto did not listen on {self.port} within {timeout} s:\n{self.log()}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def _need_mosquitto() -> None:
+    if not MOSQUITTO.exists() or not MOSQUITTO_PASSWD.exists():
+        pytest.skip("no Mosquitto broker (apt-get install mosquitto mosquitto-clients)")
+
+
+@pytest.fixture
+def mqtt_broker(tmp_path: Path):
+    """A fresh broker for one test (no persistence)."""
+    _need_mosquitto()
+    broker = MosquittoBroker(tmp_path / "mosquitto")
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def persistent_mqtt_broker(tmp_path: Path):
+    """A fresh broker for one test whose sessions and queued messages survive restart()."""
+    _need_mosquitto()
+    broker = MosquittoBroker(tmp_path / "mosquitto", persistence=True)
+    yield broker
+    broker.stop()
+
+
+class MqttProbe:
+    """A test's MQTT 5 client (the sensor's user): publishes, and records every message it
+    receives on its subscriptions as (topic, payload, properties)."""
+
+    def __init__(self, broker: MosquittoBroker, user: str = MQTT_SENSOR_USER) -> None:
+        import threading
+
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, bytes, object]] = []
+        self._changed = threading.Condition()
+        self._suback: list[object] = []
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"test-probe-{secrets.token_hex(4)}",
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.username_pw_set(user, broker.passwords[user])
+        self.client.max_inflight_messages_set(0)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self._changed:
+            self.messages.append((message.topic, message.payload, message.properties))
+            self._changed.notify_all()
+
+    def _on_subscribe(self, client, userdata, mid, reasons, properties) -> None:
+        with self._changed:
+            self._suback.append(reasons)
+            self._changed.notify_all()
+
+    def subscribe(self, *topics: str) -> None:
+        expected = len(self._suback) + 1
+        self.client.subscribe([(topic, 1) for topic in topics])
+        assert self.wait_for(lambda: len(self._suback) >= expected), "no SUBACK"
+        assert not any(reason.is_failure for reason in self._suback[-1]), self._suback[-1]
+
+    def publish(self, topic: str, payload: bytes, properties: object = None) -> None:
+        info = self.client.publish(topic, payload, qos=1, properties=properties)
+        info.wait_for_publish(10)
+        assert info.is_published(), "the broker did not acknowledge a publish"
+
+    def wait_for(self, predicate, timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, 0.2))
+        return True
+
+    def on(self, topic: str) -> list[bytes]:
+        with self._changed:
+            return [payload for got, payload, _ in self.messages if got == topic]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def mqtt_probe(mqtt_broker: MosquittoBroker):
+    """Make probes on ``mqtt_broker`` (each disconnected after the test)."""
+    probes: list[MqttProbe] = []
+
+    def make(broker: MosquittoBroker = mqtt_broker) -> MqttProbe:
+        probe = MqttProbe(broker)
+        probes.append(probe)
+        return probe
+
+    yield make
+    for probe in probes:
+        probe.close()
+
+
+def mqtt_server_env(
+    broker: MosquittoBroker, truck: str, client_id: str, **extra: str
+) -> dict[str, str]:
+    """LINKEDGE_MQTT_* of a server answering on ``broker`` for ``truck``."""
+    return {
+        "LINKEDGE_MQTT_HOST": "127.0.0.1",
+        "LINKEDGE_MQTT_PORT": str(broker.port),
+        "LINKEDGE_MQTT_TRUCK": truck,
+        "LINKEDGE_MQTT_USERNAME": MQTT_SERVER_USER,
+        "LINKEDGE_MQTT_PASSWORD_FILE": str(broker.password_files[MQTT_SERVER_USER]),
+        "LINKEDGE_MQTT_CLIENT_ID": client_id,
+        **extra,
+    }
+
+
+@pytest.fixture
+def mqtt_server(tmp_path: Path):
+    """Start real gunicorn servers (``inference_image.serving.server``, via its environment)
+    with the MQTT adapter: ``mqtt_server(bundle_path, broker, truck, workers=2, **env)``
+    returns the running server once all its workers are subscribed. Stopped (SIGTERM) after
+    the test; their slot locks and shared ids tables in /tmp are removed."""
+    from tests.integration.test_gunicorn_server import Server
+
+    started: list[tuple[Server, str]] = []
+
+    def start(
+        bundle_path: Path,
+        broker: MosquittoBroker,
+        truck: str = "truck-1",
+        workers: int = 2,
+        client_id: str | None = None,
+        wait: bool = True,
+        **env: str,
+    ) -> Server:
+        client_id = client_id or f"test-{secrets.token_hex(4)}"
+        directory = tmp_path / f"server-{len(started)}"
+        directory.mkdir()
+        server = Server(
+            bundle_path,
+            directory,
+            nthread=1,
+            via_env=True,
+            extra_env={
+                **mqtt_server_env(broker, truck, client_id, **env),
+                "LINKEDGE_WORKERS": str(workers),
+            },
+        )
+        server.client_id = client_id  # type: ignore[attr-defined]
+        server.workers = workers  # type: ignore[attr-defined]
+        started.append((server, client_id))
+        if wait:
+            server.wait_ready()
+            wait_mqtt_subscribed(server, workers)
+        return server
+
+    yield start
+    for server, client_id in started:
+        server.stop()
+        for leftover in Path("/tmp").glob(f"linkedge-mqtt-*-{client_id}*"):
+            leftover.unlink(missing_ok=True)
+
+
+def mqtt_metric(base: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """One sample of the server's /metrics (0 when absent)."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{base}/metrics", timeout=5).text
+    wanted = labels or {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in wanted.items()):
+                return sample.value
+    return 0.0
+
+
+def wait_mqtt_subscribed(server, workers: int, timeout: float = 30.0) -> None:
+    """Until every worker's MQTT client is connected and subscribed (linkedge_mqtt_connected)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            pytest.fail(f"server exited with {server.process.returncode}:\n{server.log()}")
+        try:
+            if mqtt_metric(server.base, "linkedge_mqtt_connected") >= workers:
+                return
+        except OSError:  # requests' ConnectionError: not listening yet
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"the MQTT adapters did not subscribe within {timeout} s:\n{server.log()}")

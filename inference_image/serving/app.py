@@ -112,7 +112,13 @@ def create_app(bundle: ModelBundle | Path, config: ServingConfig | None = None) 
 
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
-    app.extensions["linkedge"] = {"model": model, "metrics": metrics, "config": config}
+    # The MQTT adapter (mqtt_adapter.py) serves with these same objects in each worker.
+    app.extensions["linkedge"] = {
+        "model": model,
+        "metrics": metrics,
+        "config": config,
+        "endpoints": endpoints,
+    }
     _install_error_handlers(app, config)
     _install_metrics_hooks(app, metrics)
 

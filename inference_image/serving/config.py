@@ -6,10 +6,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from inference_image.contract import MODEL_NAME
 
 from .auth import TOKEN_FILE_ENV, read_token_file
+
+if TYPE_CHECKING:
+    from .mqtt_config import MqttSettings
 
 MiB = 1 << 20
 # gunicorn kills a worker whose heartbeat is older than its ``timeout``: the server sets
@@ -32,6 +36,14 @@ def positive_int_env(environ: Mapping[str, str], name: str, default: int) -> int
     return value
 
 
+def tcp_port_env(environ: Mapping[str, str], name: str, default: int) -> int:
+    """A TCP port from the environment, else ValueError naming the variable."""
+    port = positive_int_env(environ, name, default)
+    if port > 65535:
+        raise ValueError(f"{name} must be a TCP port (1-65535), got {port}")
+    return port
+
+
 @dataclass(frozen=True)
 class ServingConfig:
     model_name: str = MODEL_NAME
@@ -40,6 +52,8 @@ class ServingConfig:
     xgboost_nthread: int = 1
     # Required on the endpoints that run the model when set; never shown in a repr.
     api_token: bytes | None = field(default=None, repr=False)
+    # The MQTT adapter's settings (LINKEDGE_MQTT_*); None: no adapter.
+    mqtt: MqttSettings | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_rows", "xgboost_nthread"):
@@ -56,9 +70,12 @@ class ServingConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingConfig:
         """Defaults overridden by LINKEDGE_MAX_BODY_BYTES, LINKEDGE_MAX_ROWS,
-        LINKEDGE_XGBOOST_NTHREAD and LINKEDGE_API_TOKEN_FILE (the file holding the API
-        token); a bad value, or a token file that is unreadable or empty, raises ValueError
-        naming the variable."""
+        LINKEDGE_XGBOOST_NTHREAD, LINKEDGE_API_TOKEN_FILE (the file holding the API
+        token) and the MQTT adapter's LINKEDGE_MQTT_* (:mod:`.mqtt_config`); a bad value, or a
+        token or password file that is unreadable or empty, raises ValueError naming the
+        variable."""
+        from .mqtt_config import MqttSettings  # it imports this module
+
         env = os.environ if environ is None else environ
         defaults = cls()
         token_file = env.get(TOKEN_FILE_ENV)
@@ -76,4 +93,5 @@ class ServingConfig:
                 env, "LINKEDGE_XGBOOST_NTHREAD", defaults.xgboost_nthread
             ),
             api_token=None if token_file is None else read_token_file(Path(token_file.strip())),
+            mqtt=MqttSettings.from_env(env),
         )

@@ -3,11 +3,16 @@
 Each returns the response body and its headers, or raises PayloadError (4xx, 503) for the
 caller to turn into a JSON error. Both the fast path and the Flask views call these, so
 there is one implementation of each endpoint.
+
+:meth:`PredictionEndpoints.predict_documents` is ``/predict`` after the body is read and
+decoded: records parsed, predicted and encoded. ``/predict`` calls it with one document, the
+MQTT adapter with every message of a micro-batch (one model call for all of them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +29,15 @@ Headers = list[tuple[str, str]]
 JSON_HEADERS: Headers = [("Content-Type", "application/json")]
 
 
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """The answer to one ``/predict`` document: its response body and the values in it."""
+
+    body: bytes
+    probabilities: np.ndarray  # float32, one per row
+    positive: np.ndarray  # bool: the row is "pos"
+
+
 class PredictionEndpoints:
     def __init__(
         self,
@@ -36,6 +50,7 @@ class PredictionEndpoints:
         self.model = model
         self.metrics = metrics
         self.max_body_bytes = config.max_body_bytes
+        self.max_rows = config.max_rows
         self.records = RecordParser(features, config.max_rows)
         self.tensors = InferParser(features, config.max_rows)
         self.encoder = ResponseEncoder(config.model_name, model_version)
@@ -59,8 +74,57 @@ class PredictionEndpoints:
     def predict(self, environ: Mapping[str, Any]) -> tuple[bytes, Headers]:
         self.authorize(environ)
         self.require_ready()
-        rows = self.records.parse(read_json_body(environ, self.max_body_bytes))
-        return self.encoder.predictions(*self._predict(rows)), JSON_HEADERS
+        (result,) = self.predict_documents([read_json_body(environ, self.max_body_bytes)])
+        if type(result) is Prediction:
+            return result.body, JSON_HEADERS
+        try:
+            raise result
+        finally:
+            del result  # the traceback holds this frame: no reference cycle through it
+
+    def predict_documents(self, documents: Sequence[Any]) -> list[Prediction | PayloadError]:
+        """Each document (a decoded ``/predict`` body: one record or ``{"instances": [...]}``)
+        answered as ``/predict`` answers it: a :class:`Prediction`, or the PayloadError that
+        names what is wrong with it. The rows of all valid documents are predicted together,
+        in model calls of at most LINKEDGE_MAX_ROWS rows. The caller checks readiness."""
+        results: list[Any] = [None] * len(documents)
+        group: list[tuple[int, np.ndarray]] = []
+        group_rows = 0
+        for index, document in enumerate(documents):
+            try:
+                rows = self.records.parse(document)
+            except PayloadError as exc:
+                results[index] = exc.with_traceback(None)  # kept: no frames with it
+                continue
+            if group and group_rows + len(rows) > self.max_rows:
+                self._predict_group(group, results)
+                group, group_rows = [], 0
+            group.append((index, rows))
+            group_rows += len(rows)
+        if group:
+            self._predict_group(group, results)
+        return results
+
+    def _predict_group(self, group: list[tuple[int, np.ndarray]], results: list[Any]) -> None:
+        if len(group) == 1:
+            index, rows = group[0]
+            probabilities, positive = self._predict(rows)
+            results[index] = Prediction(
+                self.encoder.predictions(probabilities, positive), probabilities, positive
+            )
+            return
+        probabilities, positive = self._predict(np.concatenate([rows for _, rows in group]))
+        start = 0
+        for index, rows in group:
+            end = start + len(rows)
+            document_probabilities = probabilities[start:end]
+            document_positive = positive[start:end]
+            results[index] = Prediction(
+                self.encoder.predictions(document_probabilities, document_positive),
+                document_probabilities,
+                document_positive,
+            )
+            start = end
 
     def infer(self, environ: Mapping[str, Any]) -> tuple[bytes, Headers]:
         self.authorize(environ)

@@ -90,6 +90,55 @@ class ConnectionMetrics:
         self._children[reason].inc()
 
 
+# What became of a features message (linkedge_mqtt_messages_total{outcome}).
+MQTT_OUTCOMES = (
+    "answered",  # predictions published and accepted by the broker
+    "error",  # an error answer published and accepted by the broker (a bad message)
+    "duplicate",  # an id answered before (a redelivery): acknowledged, not answered again
+)
+
+
+class MqttMetrics:
+    """The MQTT adapter's metrics, in the app's registry (see :meth:`ServingMetrics.mqtt`).
+
+    Created by the adapter after the fork, so with PROMETHEUS_MULTIPROC_DIR they live in the
+    worker's own files and /metrics sums them over the workers. ``linkedge_mqtt_connected``
+    is the number of worker MQTT clients connected to the broker and subscribed to the
+    features now (live workers only).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.messages = Counter(
+            "linkedge_mqtt_messages",
+            "Features messages taken from the broker, by outcome.",
+            ("outcome",),
+            registry=registry,
+        )
+        self.received = Counter(
+            "linkedge_mqtt_received",
+            "Features messages received (duplicates included).",
+            registry=registry,
+        )
+        self.answer_seconds = Histogram(
+            "linkedge_mqtt_answer_seconds",
+            "From a features message's arrival to its answer's acknowledgement by the broker.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.connected = Gauge(
+            "linkedge_mqtt_connected",
+            "Worker MQTT clients connected to the broker and subscribed to the features.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.connected.set(0)
+        self._outcomes = {outcome: self.messages.labels(outcome) for outcome in MQTT_OUTCOMES}
+
+    def count(self, outcome: str, amount: int = 1) -> None:
+        if amount:
+            self._outcomes[outcome].inc(amount)
+
+
 class ServingMetrics:
     """The four LinkEdge metrics; label children are cached so a request costs two dict hits."""
 
@@ -132,6 +181,7 @@ class ServingMetrics:
         self._negative = self.predictions.labels("neg")
         self._request_children: dict[tuple[str, str, int], Counter] = {}
         self._duration_children: dict[str, Histogram] = {}
+        self._mqtt: MqttMetrics | None = None
         if self.multiprocess:
             self._exposed = CollectorRegistry()
             multiprocess.MultiProcessCollector(self._exposed)
@@ -158,6 +208,12 @@ class ServingMetrics:
             self._positive.inc(positive)
         if negative:
             self._negative.inc(negative)
+
+    def mqtt(self) -> MqttMetrics:
+        """The MQTT adapter's metrics, created on first use (in the worker, after the fork)."""
+        if self._mqtt is None:
+            self._mqtt = MqttMetrics(self.registry)
+        return self._mqtt
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its Content-Type."""

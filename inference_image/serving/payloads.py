@@ -29,6 +29,7 @@ __all__ = [
     "InferRequest",
     "PayloadError",
     "RecordParser",
+    "body_too_large",
     "describe",
     "parse_infer_json",
     "parse_json",
@@ -69,6 +70,14 @@ def read_body(environ: Mapping[str, Any], limit: int) -> bytes:
         raise PayloadError(f"request body could not be read: {exc}") from None
 
 
+def body_too_large(size: str | int, limit: int) -> PayloadError:
+    """The 413 of a body whose size is known before it is read (HTTP's Content-Length, an
+    MQTT message's payload)."""
+    return PayloadError(
+        f"request body of {size} bytes exceeds the limit of {limit} bytes", status=413
+    )
+
+
 def _read_body(environ: Mapping[str, Any], limit: int) -> bytes:
     stream = environ["wsgi.input"]
     raw_length = environ.get("CONTENT_LENGTH") or ""
@@ -78,11 +87,7 @@ def _read_body(environ: Mapping[str, Any], limit: int) -> bytes:
         if length is None:
             raise PayloadError(f"invalid Content-Length header {raw_length[:20]!r}")
         if length > limit:
-            raise PayloadError(
-                f"request body of {shown_count(raw_length.lstrip('0'))} bytes exceeds the "
-                f"limit of {limit} bytes",
-                status=413,
-            )
+            raise body_too_large(shown_count(raw_length.lstrip("0")), limit)
         return stream.read(length) if length else b""
     if not environ.get("wsgi.input_terminated"):
         return b""  # no length and a server that does not delimit the body: nothing is safe

@@ -22,6 +22,11 @@ def _numbers(probabilities: np.ndarray) -> list[bytes]:
     return orjson.dumps(probabilities, option=_NUMPY)[1:-1].split(b",")
 
 
+def probability_texts(probabilities: np.ndarray) -> list[bytes]:
+    """Each float32 probability exactly as the answers write it (JSON number text)."""
+    return _numbers(probabilities) if len(probabilities) else []
+
+
 class ResponseEncoder:
     """Bodies for one served model (its name and version are baked into the pieces)."""
 

@@ -29,7 +29,7 @@ from gunicorn.app.base import BaseApplication
 from inference_image import contract
 from inference_image.bundle import BundleError, load_bundle
 
-from .config import STUCK_WORKER_GRACE_SECONDS, ServingConfig, positive_int_env
+from .config import STUCK_WORKER_GRACE_SECONDS, ServingConfig, positive_int_env, tcp_port_env
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # duplicated: importing .metrics would be too early
 DEFAULT_BUNDLE = contract.BUNDLE_DIR
@@ -180,21 +180,22 @@ def run(
     options = gunicorn_options(
         host, port, workers, timeout, access_log, preload, worker_class, reuse_port, check_port
     )
+    if config.mqtt is not None and worker_class != "keepalive":
+        raise ValueError(
+            f"{contract.ENV_MQTT_HOST} needs LINKEDGE_WORKER_CLASS=keepalive (the MQTT adapter "
+            f"runs in the keep-alive worker), got {worker_class!r}"
+        )
     bundle_path = Path(bundle_path)
     load_bundle(bundle_path)  # fail fast, before gunicorn starts, on a missing/tampered bundle
     # libgomp spin-waits by default, which starves other workers on a loaded CPU; read
     # when libgomp loads, so set it before anything loads libxgboost.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     prepare_multiprocess_dir()
+    if config.mqtt is not None:
+        from .mqtt_claims import forget_claims
+
+        forget_claims(config.mqtt.client_id)  # a new server: no worker has taken anything yet
     _LinkEdgeApplication(bundle_path, config, options).run()
-
-
-def tcp_port_env(env: Mapping[str, str], name: str, default: int) -> int:
-    """A TCP port from the environment, else ValueError naming the variable."""
-    port = positive_int_env(env, name, default)
-    if port > 65535:
-        raise ValueError(f"{name} must be a TCP port (1-65535), got {port}")
-    return port
 
 
 def run_from_env(environ: Mapping[str, str] | None = None) -> None:

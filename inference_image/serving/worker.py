@@ -47,6 +47,10 @@ the read that brings it) does not count: it brings the worker no work.
 On SIGTERM the worker stops accepting, lets requests in progress finish and answers a
 request that still arrives on a kept-alive connection within ``STOP_KEEPALIVE_LINGER`` with
 ``Connection: close`` (as gthread does), for at most gunicorn's ``graceful_timeout``.
+
+With LINKEDGE_MQTT_HOST set, the worker also runs the MQTT adapter (:mod:`.mqtt_adapter`)
+in a thread of its own, with the same app objects; on SIGTERM it is told to stop first and
+finishes (answers what it took, disconnects) while HTTP requests finish here.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ ACCEPT_PAUSE = 0.002  # seconds; see the module docstring
 BALANCED_CONNECTIONS = 2  # a worker holding more accepts without pausing
 HEARTBEAT_SECONDS = 1.0  # tell the arbiter we are alive at least this often while serving
 STOP_KEEPALIVE_LINGER = 2.0  # seconds a stopping worker keeps idle kept-alive connections
+MQTT_STOP_MARGIN = 1.0  # the MQTT adapter finishes this long before gunicorn's graceful_timeout
 LINGER_SECONDS = 2.0  # after an answer that closes: wait this long for the client's FIN...
 LINGER_BYTES = 64 * 1024  # ...discarding at most this much (RFC 9112 section 9.6)
 RECV_SIZE = 64 * 1024  # one read of a head, or of a body of unknown size
@@ -331,6 +336,19 @@ class _Listener:
 _WAKE = object()  # the poller's data for the worker's wake-up pipe (signals write to it)
 
 
+def start_mqtt(wsgi_app: Any, workers: int, logger: Any) -> Any:
+    """The worker's MQTT adapter, started, when LINKEDGE_MQTT_HOST is set; else None (the
+    adapter's module, and paho-mqtt, are only imported then)."""
+    extensions = getattr(wsgi_app, "extensions", None)
+    linkedge = extensions.get("linkedge") if isinstance(extensions, dict) else None
+    config = linkedge.get("config") if isinstance(linkedge, dict) else None
+    if getattr(config, "mqtt", None) is None:
+        return None
+    from .mqtt_adapter import start_adapter
+
+    return start_adapter(wsgi_app, workers, logger)
+
+
 def body_limit(wsgi_app: Any) -> int:
     """LINKEDGE_MAX_BODY_BYTES of the served app (create_app publishes its config)."""
     extensions = getattr(wsgi_app, "extensions", None)
@@ -362,6 +380,7 @@ class KeepAliveWorker(seam.WorkerBase):
         self._notified = 0.0
         self._recv_buffer = bytearray(RECV_SIZE)
         self._recv_view = memoryview(self._recv_buffer)
+        self.mqtt: Any = None  # the MQTT adapter (LINKEDGE_MQTT_HOST), see mqtt_adapter.py
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
@@ -393,6 +412,7 @@ class KeepAliveWorker(seam.WorkerBase):
         for listener in self._listeners:
             listener.sock.setblocking(False)
         self.poller.register(self.PIPE[0], selectors.EVENT_READ, _WAKE)
+        self.mqtt = start_mqtt(self.wsgi, self.cfg.workers, self.log)
         while self.alive:
             self._turn()
             if self.ppid != os.getppid():
@@ -406,10 +426,12 @@ class KeepAliveWorker(seam.WorkerBase):
         self.alive = False
         self._set_accepting(False)
         now = time.monotonic()
+        stop_by = now + self.cfg.graceful_timeout
+        if self.mqtt is not None:  # in its own thread, while HTTP finishes here
+            self.mqtt.request_stop(max(0.5, self.cfg.graceful_timeout - MQTT_STOP_MARGIN))
         for conn in self.conns:
             if conn.state == IDLE:
                 self._set_deadline(conn, min(conn.deadline, now + STOP_KEEPALIVE_LINGER))
-        stop_by = now + self.cfg.graceful_timeout
         while self.conns and time.monotonic() < stop_by:
             self._turn(accepting=False)
         for conn in list(self.conns):
@@ -418,6 +440,8 @@ class KeepAliveWorker(seam.WorkerBase):
             self.poller.close()
         for listener in self.sockets:
             listener.close()
+        if self.mqtt is not None:  # after the listeners: connections go to other servers
+            self.mqtt.join(max(0.0, stop_by - time.monotonic()))
 
     def _turn(self, accepting: bool = True) -> None:
         """One turn of the event loop: wait for events (at most until the next deadline),
