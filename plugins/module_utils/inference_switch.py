@@ -19,6 +19,7 @@ An interrupted switch (power cut, killed module) is repaired by the next run: a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from pathlib import Path
@@ -271,10 +272,8 @@ class InferenceSwitch:
         """Stop gracefully, then remove: a serving container that joined the truck's MQTT
         group answers what it took and ends its broker session (a killed one would leave a
         session that keeps receiving its share of the features)."""
-        try:
+        with contextlib.suppress(DockerException):  # removed by force below either way
             container.stop(timeout=self.params["stop_timeout"])
-        except DockerException:
-            pass  # removed by force below either way
         container.remove(force=True)
 
     def _retire(self, container) -> None:
