@@ -125,6 +125,8 @@ def _training_params(args: argparse.Namespace) -> TrainingParams:
         "max_depth": args.max_depth,
         "seed": args.seed,
         "nthread": args.nthread,
+        "repetitions": args.repetitions,
+        "outer_folds": args.outer_folds,
     }
     overrides = {key: value for key, value in options.items() if value is not None}
     extra = _json_object(args.params, "--params") if args.params else {}
@@ -143,13 +145,19 @@ def _check_training_params(params: TrainingParams) -> None:
 
     for spec in fields(params):
         value = getattr(params, spec.name)
-        number_types = (int, float) if spec.type == "float" else (int,)
-        if isinstance(value, bool) or not isinstance(value, number_types):
+        types = {"float": (int, float), "str": (str,)}.get(str(spec.type), (int,))
+        if isinstance(value, bool) or not isinstance(value, types):
             raise UserError(f"training parameter {spec.name} must be {spec.type}, got {value!r}")
     if params.n_estimators < 1:
         raise UserError(f"n_estimators must be at least 1, got {params.n_estimators}")
     if min(params.outer_folds, params.inner_folds) < 2:
         raise UserError("outer_folds and inner_folds must be at least 2")
+    if min(params.repetitions, params.bags, params.threshold_repeats) < 1:
+        raise UserError("repetitions, bags and threshold_repeats must be at least 1")
+    try:
+        params.derived  # noqa: B018 - parses the recipe
+    except ValueError as exc:
+        raise UserError(f"derived_features: {exc}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -170,16 +178,59 @@ def cmd_train(args: argparse.Namespace) -> int:
             data_dir, args.out, params, version=args.version, evaluate=not args.skip_evaluation
         )
     card = summary.bundle.card
+    repeated = card["metrics"].get("repeated_cv")
     _print_json(
         {
             "bundle": str(summary.bundle.path),
             "version": summary.bundle.version,
             "bundle_sha256": summary.bundle.sha256,
             "threshold": summary.bundle.threshold,
+            "estimate": None
+            if repeated is None
+            else f"{repeated['cost_ratio_mean']:.4f} ± {repeated['cost_ratio_std']:.4f} "
+            f"(mean ± std, {repeated['repetitions']} x {repeated['outer_folds']} nested CV)",
             "metrics": card["metrics"],
             "seconds": summary.seconds,
         }
     )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """The paired gate: challenger vs champion on the same folds and seeds; 1 when refused."""
+    import numpy as np
+
+    from .contenders import ContenderError, figures_on_plan, load_contender, plan_of
+    from .data import find_training_file, load_aps_csv
+    from .evaluation import CVPlan
+    from .gate import GateError, paired_comparison
+
+    steps = _steps(args, 3)
+    try:
+        with steps.step("reading the champion, the challenger and the data"):
+            challenger = load_contender(args.challenger)
+            champion = load_contender(args.champion)
+            recorded = plan_of(challenger)
+            plan = CVPlan(
+                args.repetitions or recorded.repetitions,
+                args.outer_folds or recorded.outer_folds,
+                recorded.seed if args.seed is None else args.seed,
+            )
+            data = load_aps_csv(find_training_file(_data_dir(args)), require_labels=True)
+            labels = data.labels.astype(np.float32)  # type: ignore[union-attr]
+            features = data.features
+        where = f"{plan.repetitions} x {plan.outer_folds} folds, seed {plan.seed}"
+        with steps.step(f"the challenger's figures on {where}"):
+            challenger_figures = figures_on_plan(challenger, plan, features, labels, data.sha256)
+        with steps.step("the champion's figures on the same folds and seeds"):
+            champion_figures = figures_on_plan(champion, plan, features, labels, data.sha256)
+        comparison = paired_comparison(champion_figures, challenger_figures, args.noise_multiplier)
+    except (ContenderError, GateError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    _print_json(comparison.as_dict())
+    if comparison.refused:
+        print(f"{PROG} compare: {comparison.reason()}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -577,13 +628,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-depth", type=int, help="tree depth")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--nthread", type=int, help="XGBoost threads while training")
+    p.add_argument("--repetitions", type=int, help="repetitions of the nested CV estimate")
+    p.add_argument("--outer-folds", type=int, help="outer folds of the nested CV estimate")
     p.add_argument("--params", help='JSON training overrides, e.g. {"n_estimators": 100}')
     p.add_argument(
         "--skip-evaluation",
         action="store_true",
-        help="skip the nested out-of-fold cost estimate (faster; the card says so)",
+        help="skip the repeated nested CV cost estimate (faster; the card says so)",
     )
     p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser(
+        "compare", help="paired gate: a challenger vs the champion on the same CV folds"
+    )
+    p.add_argument(
+        "--challenger",
+        required=True,
+        help="bundle directory, model_card.json, or JSON training parameters",
+    )
+    p.add_argument(
+        "--champion",
+        required=True,
+        help="bundle directory, model_card.json, or JSON training parameters",
+    )
+    p.add_argument("--data", type=Path, help="APS data directory (default: ../shared/aps)")
+    p.add_argument("--repetitions", type=int, help="default: the challenger's card, else 5")
+    p.add_argument("--outer-folds", type=int, help="default: the challenger's card, else 5")
+    p.add_argument("--seed", type=int, help="fold and model seed (default: the challenger's)")
+    p.add_argument(
+        "--noise-multiplier",
+        type=float,
+        default=2.0,
+        help="refuse when worse by more than this many standard errors of the paired "
+        "differences (default: %(default)s)",
+    )
+    p.set_defaults(func=cmd_compare)
 
     p = commands.add_parser("fingerprint", help="fingerprint the build inputs; find releases")
     p.add_argument("--data", type=Path, help="APS data directory (default: ../shared/aps)")

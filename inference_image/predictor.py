@@ -3,6 +3,10 @@
 The serving image needs only ``libxgboost.so`` and NumPy: the ``xgboost`` Python package
 imports SciPy (150 MB) at import time and adds per-call overhead that dominates
 single-record latency. This binding uses the same library, so predictions are identical.
+
+A model trained on derived features (features.py) names its recipe in the attribute
+``linkedge_derived_features``; the predictor then takes the 170 raw inputs as before and
+appends the derived ones itself, exactly as training did.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import threading
 from pathlib import Path
 
 import numpy as np
+
+from .features import MODEL_ATTRIBUTE, DerivedFeatures
 
 _c_ulong_p = ctypes.POINTER(ctypes.c_uint64)
 _c_float_p = ctypes.POINTER(ctypes.c_float)
@@ -56,6 +62,12 @@ def _load_library(path: Path) -> ctypes.CDLL:
     lib.XGProxyDMatrixCreate.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
     lib.XGDMatrixFree.argtypes = [ctypes.c_void_p]
     lib.XGBoosterGetNumFeature.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)]
+    lib.XGBoosterGetAttr.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_char_p,
+        ctypes.POINTER(ctypes.c_char_p),
+        ctypes.POINTER(ctypes.c_int),
+    ]
     lib.XGBoosterPredictFromDense.argtypes = [
         ctypes.c_void_p,
         ctypes.c_char_p,
@@ -88,7 +100,9 @@ class NativePredictor:
         self._call(self._lib.XGBoosterSetParam(self._handle, b"nthread", str(nthread).encode()))
         n_features = ctypes.c_uint64()
         self._call(self._lib.XGBoosterGetNumFeature(self._handle, ctypes.byref(n_features)))
-        self.n_features = int(n_features.value)
+        derived = self._derived_features(int(n_features.value))
+        self.n_features = int(n_features.value) - len(derived.names())  # the raw inputs
+        self._derive = derived.transform if derived.statistics else None
         self._config = json.dumps(
             {
                 "type": 0,
@@ -104,6 +118,29 @@ class NativePredictor:
     def _call(self, status: int) -> None:
         if status != 0:
             raise PredictorError(self._lib.XGBGetLastError().decode(errors="replace"))
+
+    def _attribute(self, name: str) -> str | None:
+        value = ctypes.c_char_p()
+        found = ctypes.c_int()
+        self._call(
+            self._lib.XGBoosterGetAttr(
+                self._handle, name.encode(), ctypes.byref(value), ctypes.byref(found)
+            )
+        )
+        return value.value.decode() if found.value and value.value is not None else None
+
+    def _derived_features(self, model_features: int) -> DerivedFeatures:
+        recipe = self._attribute(MODEL_ATTRIBUTE) or ""
+        try:
+            derived = DerivedFeatures.from_recipe(recipe)
+        except ValueError as exc:
+            raise PredictorError(f"the model's derived features: {exc}") from None
+        if derived.statistics and derived.width != model_features:
+            raise PredictorError(
+                f"the model takes {model_features} features, its derived-feature recipe "
+                f"{recipe!r} makes {derived.width}"
+            )
+        return derived
 
     def predict_proba(self, rows: np.ndarray) -> np.ndarray:
         """Return one float32 probability per row of a (n, n_features) array."""
@@ -121,6 +158,8 @@ class NativePredictor:
         n_rows = data.shape[0]
         if n_rows == 0:
             return np.empty(0, dtype=np.float32)
+        if self._derive is not None:
+            data = self._derive(data)
         interface = (
             f'{{"data":[{data.ctypes.data},true],"shape":[{n_rows},{data.shape[1]}],'
             f'"typestr":"<f4","version":3}}'

@@ -2,7 +2,13 @@
 
 The decision threshold is part of the model: it is always chosen from out-of-fold
 predictions on training rows only. The reported out-of-fold cost uses nested
-cross-validation, so no scored row ever influences the threshold applied to it.
+cross-validation, so no scored row ever influences the threshold applied to it
+(evaluation.py repeats it over several fold splits and seeds).
+
+A model is one XGBoost booster on the raw features plus the derived ones its recipe names
+(features.py, recorded in the booster's attribute ``linkedge_derived_features``); a
+seed-bagged ensemble is merged into one booster (ensemble.py). ``predict`` applies the
+recipe, as the served predictor does.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import xgboost as xgb
 
-from .cost import CostReport, best_threshold, cost_report
+from .cost import CostReport, best_threshold, cost_report, smoothed_threshold
+from .ensemble import merge_boosters
+from .features import MODEL_ATTRIBUTE, DerivedFeatures
 
 ThresholdChooser = Callable[[np.ndarray, np.ndarray], float]
 
@@ -29,13 +37,30 @@ class TrainingParams:
     max_depth: int = 4
     learning_rate: float = 0.05
     subsample: float = 0.8
-    colsample_bytree: float = 0.5
+    colsample_bytree: float = 0.3
     min_child_weight: float = 1.0
-    scale_pos_weight: float = 5.0  # class weighting towards positives (the threshold does the rest)
+    scale_pos_weight: float = 1.0  # class weighting towards positives (1: the threshold alone)
+    max_bin: int = 64  # histogram bins per feature
+    bags: int = 1  # boosters with seeds seed, seed+1, ... merged into one model (mean margin)
+    derived_features: str = ""  # features.py recipe, e.g. "totals,moments,missing"
     seed: int = 42
     nthread: int = 2
+    repetitions: int = 5  # repeated nested CV: fold splits (and model seeds) of the estimate
     outer_folds: int = 5  # out-of-fold cost estimate
     inner_folds: int = 3  # threshold choice inside each training part
+    threshold_repeats: int = 1  # inner CV splits whose pooled predictions choose the threshold
+    threshold_smoothing: float = 0.8  # log-odds scale of cost.smoothed_threshold; 0: exact cut
+
+    def chooser(self) -> ThresholdChooser:
+        """How the threshold is chosen from out-of-fold predictions (cost.py)."""
+        if self.threshold_smoothing > 0:
+            scale = self.threshold_smoothing
+            return lambda labels, probabilities: smoothed_threshold(labels, probabilities, scale)
+        return best_threshold
+
+    @property
+    def derived(self) -> DerivedFeatures:
+        return DerivedFeatures.from_recipe(self.derived_features)
 
     def booster_params(self) -> dict[str, object]:
         return {
@@ -48,6 +73,7 @@ class TrainingParams:
             "colsample_bytree": self.colsample_bytree,
             "min_child_weight": self.min_child_weight,
             "scale_pos_weight": self.scale_pos_weight,
+            "max_bin": self.max_bin,
             "seed": self.seed,
             "nthread": self.nthread,
         }
@@ -88,12 +114,32 @@ def stratified_folds(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
 
 
 def fit(features: np.ndarray, labels: np.ndarray, params: TrainingParams) -> xgb.Booster:
-    matrix = xgb.DMatrix(features, label=labels, missing=np.nan)
-    return xgb.train(params.booster_params(), matrix, num_boost_round=params.n_estimators)
+    """One booster on the raw features (plus the derived ones): bagged boosters merged."""
+    derived = params.derived
+    matrix = xgb.DMatrix(derived.transform(features), label=labels, missing=np.nan)
+    members = [
+        xgb.train(
+            {**params.booster_params(), "seed": params.seed + bag},
+            matrix,
+            num_boost_round=params.n_estimators,
+        )
+        for bag in range(params.bags)
+    ]
+    booster = merge_boosters(members)
+    if derived.statistics:
+        booster.set_attr(**{MODEL_ATTRIBUTE: derived.recipe})
+    return booster
+
+
+def booster_features(booster: xgb.Booster) -> DerivedFeatures:
+    """The derived-feature recipe a booster was trained with (none: raw features only)."""
+    return DerivedFeatures.from_recipe(booster.attr(MODEL_ATTRIBUTE) or "")
 
 
 def predict(booster: xgb.Booster, features: np.ndarray) -> np.ndarray:
-    return booster.inplace_predict(features, missing=np.nan).astype(np.float64)
+    """Probabilities for raw feature rows, the booster's derived features added as served."""
+    rows = booster_features(booster).transform(features)
+    return booster.inplace_predict(rows, missing=np.nan).astype(np.float64)
 
 
 def cross_val_probabilities(
@@ -113,32 +159,60 @@ def choose_threshold(
     features: np.ndarray,
     labels: np.ndarray,
     params: TrainingParams,
-    chooser: ThresholdChooser = best_threshold,
+    chooser: ThresholdChooser | None = None,
 ) -> float:
-    """Threshold from inner cross-validation on these (training) rows only."""
-    inner = cross_val_probabilities(features, labels, params, params.inner_folds, params.seed + 1)
-    return chooser(labels, inner)
+    """Threshold from inner cross-validation on these (training) rows only.
+
+    With ``threshold_repeats`` > 1 the out-of-fold predictions of that many inner splits are
+    pooled (each row counted once per split) before the cheapest cut is chosen."""
+    seeds = [params.seed + 1 + repeat for repeat in range(params.threshold_repeats)]
+    inner = [
+        cross_val_probabilities(features, labels, params, params.inner_folds, seed)
+        for seed in seeds
+    ]
+    choose = chooser or params.chooser()
+    return choose(np.tile(labels, len(seeds)), np.concatenate(inner))
+
+
+def nested_fold(
+    features: np.ndarray,
+    labels: np.ndarray,
+    fold_of: np.ndarray,
+    fold: int,
+    params: TrainingParams,
+    chooser: ThresholdChooser | None = None,
+) -> tuple[FoldRecord, np.ndarray]:
+    """One outer fold: the shipped procedure (train_final) on its training part, then its
+    scored rows' probabilities. The threshold never sees a scored row."""
+    scored = np.flatnonzero(fold_of == fold)
+    training = np.flatnonzero(fold_of != fold)
+    model = train_final(features[training], labels[training], params, chooser)
+    return FoldRecord(model.threshold, training, scored), model.probabilities(features[scored])
 
 
 def out_of_fold_evaluation(
     features: np.ndarray,
     labels: np.ndarray,
     params: TrainingParams,
-    chooser: ThresholdChooser = best_threshold,
+    chooser: ThresholdChooser | None = None,
 ) -> OutOfFoldResult:
     """Nested CV: per outer fold, pick the threshold inside its training part, fit, score."""
     fold_of = stratified_folds(labels, params.outer_folds, params.seed)
+    outcomes = [
+        nested_fold(features, labels, fold_of, fold, params, chooser)
+        for fold in range(params.outer_folds)
+    ]
+    return assemble(labels, outcomes)
+
+
+def assemble(labels: np.ndarray, outcomes: list[tuple[FoldRecord, np.ndarray]]) -> OutOfFoldResult:
+    """The out-of-fold result of one split from its folds' records and probabilities."""
     probabilities = np.empty(labels.size, dtype=np.float64)
     predictions = np.empty(labels.size, dtype=np.int8)
-    folds: list[FoldRecord] = []
-    for fold in range(params.outer_folds):
-        scored = np.flatnonzero(fold_of == fold)
-        training = np.flatnonzero(fold_of != fold)
-        threshold = choose_threshold(features[training], labels[training], params, chooser)
-        booster = fit(features[training], labels[training], params)
-        probabilities[scored] = predict(booster, features[scored])
-        predictions[scored] = probabilities[scored] >= threshold
-        folds.append(FoldRecord(threshold, training, scored))
+    for record, scored_probabilities in outcomes:
+        probabilities[record.scored_rows] = scored_probabilities
+        predictions[record.scored_rows] = scored_probabilities >= record.threshold
+    folds = [record for record, _ in outcomes]
     return OutOfFoldResult(probabilities, predictions, cost_report(labels, predictions), folds)
 
 
@@ -159,7 +233,7 @@ def train_final(
     features: np.ndarray,
     labels: np.ndarray,
     params: TrainingParams,
-    chooser: ThresholdChooser = best_threshold,
+    chooser: ThresholdChooser | None = None,
 ) -> TrainedModel:
     """The model that ships: threshold from CV on all training rows, then a fit on all of them."""
     threshold = choose_threshold(features, labels, params, chooser)

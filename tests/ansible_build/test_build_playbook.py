@@ -82,9 +82,11 @@ def test_publishes_a_complete_release(releases):
     ]
     for key in ("version", "image_id", "bundle_sha256", "built_at", "source_commit"):
         assert manifest[key], key
-    assert manifest["cost_ratio"] <= 0.09
     card = json.loads((release / "model_card.json").read_text())
     assert card["version"] == manifest["version"]
+    repeated = card["metrics"]["repeated_cv"]
+    assert repeated["cost_ratio_mean"] <= 0.09
+    assert len(repeated["per_repetition"]) == repeated["repetitions"] == 5
     assert (release / "bundle" / "SHA256SUMS").is_file()
     packages = {
         p["name"]: p["version"] for p in json.loads((release / "packages.json").read_text())
@@ -170,8 +172,13 @@ def test_gate_refuses_a_worse_model_with_both_figures(releases):
         image_builder_max_cost_ratio=1.0,  # only the comparison with the release can refuse it
     )
     assert result.returncode != 0
-    assert "Quality gate refused model" in result.stdout
-    assert f"current release {current['version']} at {current['cost_ratio']}" in result.stdout
+    output = " ".join(result.stdout.split())
+    assert "Quality gate refused model" in output
+    # Paired on the same folds and seeds: the release's figures come from its model card.
+    assert f"against the current release {current['version']}" in output
+    assert f"vs champion {current['version']}" in output
+    assert "paired repetitions): difference +" in output
+    assert "refused: worse beyond the noise" in output
     assert sorted(p.name for p in root.iterdir()) == before  # nothing published
     assert json.loads((root / "current" / "manifest.json").read_text()) == current
 
@@ -183,7 +190,8 @@ def test_ceiling_refuses_even_without_a_current_release(tmp_path):
         image_builder_training={"n_estimators": 2, "max_depth": 1},
     )
     assert result.returncode != 0
-    assert "against the ceiling 0.09" in result.stdout
+    output = " ".join(result.stdout.split())
+    assert "repetitions of 5-fold nested CV) against the ceiling 0.09" in output
     assert not (tmp_path / "releases" / "current").exists()
 
 

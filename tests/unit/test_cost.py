@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from inference_image.cost import best_threshold, cost_report
+from inference_image.cost import best_threshold, cost_report, smoothed_threshold
 
 
 def test_official_cost_and_ratio():
@@ -92,3 +92,45 @@ def test_threshold_realises_the_cheapest_prediction_with_many_ties():
         assert realised_cost(labels, scores, threshold) == cheapest_realisable_cost(
             labels, scores
         ), (scores.tolist(), labels.astype(int).tolist(), threshold)
+
+
+def _log_odds_to_probability(values) -> np.ndarray:
+    return 1 / (1 + np.exp(-np.asarray(values, dtype=np.float64)))
+
+
+def test_smoothed_threshold_cuts_in_the_gap_between_separated_classes():
+    rng = np.random.default_rng(3)
+    positives = _log_odds_to_probability(rng.normal(3, 0.3, 40))
+    negatives = _log_odds_to_probability(rng.normal(-6, 0.5, 2000))
+    scores = np.concatenate([positives, negatives])
+    labels = np.concatenate([np.ones(40), np.zeros(2000)])
+    threshold = smoothed_threshold(labels, scores, 0.8)
+    assert negatives.max() < threshold < positives.min()
+    assert realised_cost(labels, scores, threshold) == 0
+    assert threshold == smoothed_threshold(labels, scores, 0.8)  # deterministic
+
+
+def test_smoothed_threshold_does_not_chase_one_low_positive():
+    # 30 negatives score above the lowest positive: catching it costs 300 < 500, so the exact
+    # cut flags them all. Blurred, that lone positive is as likely to sit among the 3,000
+    # negatives below it: the smoothed cut stays above the crowd of negatives.
+    rng = np.random.default_rng(5)
+    negatives = rng.normal(-6, 1.0, 3000)
+    crowd_top = np.sort(negatives)[-31]
+    log_odds = np.concatenate([rng.normal(2, 0.5, 60), [crowd_top], negatives])
+    labels = np.concatenate([np.ones(61), np.zeros(3000)])
+    scores = _log_odds_to_probability(log_odds)
+    assert best_threshold(labels, scores) <= scores[60]  # the exact cut catches it
+    assert smoothed_threshold(labels, scores, 0.8) > scores[60]
+
+
+def test_smoothed_threshold_flags_nothing_without_positives():
+    scores = np.linspace(0.1, 0.9, 50)
+    assert not np.any(scores >= smoothed_threshold(np.zeros(50), scores, 0.8))
+
+
+def test_smoothed_threshold_refuses_no_rows_and_a_bad_scale():
+    with pytest.raises(ValueError, match="no rows"):
+        smoothed_threshold(np.array([]), np.array([]), 0.8)
+    with pytest.raises(ValueError, match="must be positive"):
+        smoothed_threshold(np.array([1, 0]), np.array([0.9, 0.1]), 0.0)
