@@ -84,6 +84,7 @@ test: lint sanity setup docker base-image wheelhouse test-tools release truck-im
 	$(MAKE) molecule-mqtt
 
 # LinkEdge vs MLServer side by side under wrk (about 7 min): bench/results/latest.{json,md,png}.
+# MQTT end to end beside HTTP runs on its own: .venv/bin/python -m bench --case mqtt (bench/README.md).
 bench: setup docker base-image wheelhouse
 	$(BIN)/python -m bench --build
 

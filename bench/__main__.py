@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .broker import BrokerError
+from .mqtt import MqttBench, mqtt_markdown
 from .report import markdown, slow_clients_markdown, soak_markdown
 from .resilience import SlowClientBench, SoakBench
 from .run import Bench, Settings
@@ -19,7 +21,7 @@ from .servers import ServerError
 from .tools import REPO, BenchSetupError, bench_python, ensure_bench_venv, ensure_wrk, log
 
 DEFAULT_OUT = REPO / "bench" / "results"
-SPECIAL_CASES = ("slow-clients", "soak")  # not throughput cases: bench/resilience.py
+SPECIAL_CASES = ("slow-clients", "soak", "mqtt")  # not throughput cases: resilience.py, mqtt.py
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -95,6 +97,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=5.0,
         help="soak: seconds of load between two memory samples (default 5)",
     )
+    parser.add_argument(
+        "--mqtt-seconds", type=float, help="mqtt: seconds per MQTT case (default 12, smoke 3)"
+    )
+    parser.add_argument(
+        "--mqtt-rates",
+        help="mqtt: single-record messages/s, comma-separated; the first is the target rate, "
+        "the next look for the ceiling (default 5000,6000,7000,8000; smoke 200)",
+    )
+    parser.add_argument(
+        "--mqtt-batch-rate",
+        type=float,
+        help="mqtt: 100-row messages/s (default 400, smoke 20)",
+    )
+    parser.add_argument(
+        "--mqtt-periodic-changes",
+        type=int,
+        default=1000,
+        help="mqtt: the 'periodic' broker saves its database every N changes (default 1000)",
+    )
+    parser.add_argument(
+        "--mqtt-durable-messages",
+        type=int,
+        help="mqtt: messages per case on the durable broker, at most (default 2000, smoke 200)",
+    )
     return parser.parse_args(argv)
 
 
@@ -120,13 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: --case {special[0]} runs on its own", file=sys.stderr)
         return 2
     with_mlserver = (args.mlserver or not smoke) and not args.no_mlserver
-    if special == ["soak"]:
-        with_mlserver = False  # the soak is about LinkEdge's own memory
+    if special in (["soak"], ["mqtt"]):
+        with_mlserver = False  # the soak is about LinkEdge's own memory; MQTT is LinkEdge's
+    plot = not args.no_plot and special != ["mqtt"]  # plot.py has no MQTT figure
     try:
         if args.build:
             build(args.image, args.bundle)
         wrk = ensure_wrk()
-        venv = ensure_bench_venv() if (with_mlserver or not args.no_plot) else None
+        venv = ensure_bench_venv() if (with_mlserver or plot) else None
         settings = Settings(
             image=args.image,
             bundle=args.bundle,
@@ -144,13 +171,21 @@ def main(argv: list[str] | None = None) -> int:
             soak_connections=args.soak_connections,
             soak_slow_clients=args.soak_slow_clients,
             segment_seconds=args.segment_seconds,
+            mqtt_seconds=args.mqtt_seconds or (3.0 if smoke else 12.0),
+            mqtt_rates=tuple(float(rate) for rate in args.mqtt_rates.split(","))
+            if args.mqtt_rates
+            else ((200.0,) if smoke else (5000.0, 6000.0, 7000.0, 8000.0)),
+            mqtt_batch_rate=args.mqtt_batch_rate or (20.0 if smoke else 400.0),
+            mqtt_periodic_changes=args.mqtt_periodic_changes,
+            mqtt_durable_messages=args.mqtt_durable_messages or (200 if smoke else 2000),
         )
-        runner = {"slow-clients": SlowClientBench, "soak": SoakBench}.get(
+        runner = {"slow-clients": SlowClientBench, "soak": SoakBench, "mqtt": MqttBench}.get(
             special[0] if special else "", Bench
         )
         report = runner(settings, wrk).run()
     except (
         BenchSetupError,
+        BrokerError,
         ServerError,
         ValueError,
         OSError,
@@ -162,10 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     name = special[0] if special else "latest"
     results = args.out / f"{name}.json"
     results.write_text(json.dumps(report, indent=2) + "\n")
-    render = {"slow-clients": slow_clients_markdown, "soak": soak_markdown}.get(name, markdown)
+    render = {
+        "slow-clients": slow_clients_markdown,
+        "soak": soak_markdown,
+        "mqtt": mqtt_markdown,
+    }.get(name, markdown)
     table = render(report)
     (args.out / f"{name}.md").write_text(table)
-    if not args.no_plot and venv is not None:
+    if plot and venv is not None:
         plot = subprocess.run(
             [
                 str(bench_python(venv)),

@@ -48,6 +48,13 @@ class Settings:
     soak_connections: int = 8
     soak_slow_clients: int = 8  # trickling beside the soak, replaced as the deadline ends them
     segment_seconds: float = 5.0  # one wrk run between two memory samples
+    # --case mqtt (bench/mqtt.py)
+    mqtt_seconds: float = 12.0  # per MQTT case, paced
+    mqtt_rates: tuple[float, ...] = (5000.0, 6000.0, 7000.0, 8000.0)  # single records; 1st: target
+    mqtt_batch_rows: int = 100
+    mqtt_batch_rate: float = 400.0  # batch messages per second
+    mqtt_periodic_changes: int = 1000  # the "periodic" broker saves every N changes
+    mqtt_durable_messages: int = 2000  # per case on the durable broker (~200 messages/s)
 
 
 def image_size_mb(image: str) -> float:
@@ -290,7 +297,7 @@ class Bench:
             if unknown:
                 raise ValueError(
                     f"no such {settings.mode} case: {', '.join(unknown)} "
-                    f"(cases: {', '.join(sorted(known))}, slow-clients, soak)"
+                    f"(cases: {', '.join(sorted(known))}, slow-clients, soak, mqtt)"
                 )
             cases = [case for case in cases if case.key in settings.cases]
         report = self.header(bundle.version)

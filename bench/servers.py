@@ -53,12 +53,20 @@ class LinkEdgeContainer:
     kind = "linkedge"
 
     def __init__(
-        self, image: str, key: str = "linkedge", label: str = "LinkEdge", workers: int = 2
+        self,
+        image: str,
+        key: str = "linkedge",
+        label: str = "LinkEdge",
+        workers: int = 2,
+        env: dict[str, str] | None = None,
+        mounts: list[tuple[Path, str, bool]] | None = None,
     ) -> None:
         self.image = image
         self.key = key
         self.label = label
         self.workers = workers
+        self.env = dict(env or {})  # more --env (e.g. LINKEDGE_MQTT_*)
+        self.mounts = list(mounts or [])  # (host path, container path, read-only)
         self.port = 0
         self.container_id: str | None = None
         self.root_pid = 0
@@ -79,6 +87,11 @@ class LinkEdgeContainer:
             f"--env={ENV_HOST}=127.0.0.1",
             f"--env={ENV_PORT}={self.port}",
             f"--env=LINKEDGE_WORKERS={self.workers}",
+            *(f"--env={name}={value}" for name, value in self.env.items()),
+            *(
+                f"--volume={source}:{target}{':ro' if read_only else ''}"
+                for source, target, read_only in self.mounts
+            ),
             self.image,
         ]
 
@@ -120,6 +133,16 @@ class LinkEdgeContainer:
 
     def _running(self) -> bool:
         return self._inspect("{{.State.Running}}") == "true"
+
+    def logs(self, tail: int = 30) -> str:
+        if not self.container_id:
+            return ""
+        result = subprocess.run(
+            ["docker", "logs", "--tail", str(tail), self.container_id],
+            capture_output=True,
+            text=True,
+        )
+        return result.stdout + result.stderr
 
     def pids(self) -> list[int]:
         return process_tree(self.root_pid) if self.root_pid else []

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import getpass
 import os
 import secrets
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +20,16 @@ try:
 except ImportError:  # plain `pytest` without the project root on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.broker import (  # noqa: F401 - re-exported for the MQTT tests
+    MOSQUITTO,
+    MOSQUITTO_PASSWD,
+    MQTT_REPLY_ROOT,
+    MQTT_SENSOR_USER,
+    MQTT_SERVER_USER,
+    BrokerError,
+    mosquitto_available,
+)
+from bench.broker import MosquittoBroker as _BenchBroker
 from inference_image.bundle import ModelBundle, load_bundle, write_bundle
 from inference_image.predictor import NativePredictor
 from inference_image.schema import APS_FEATURES
@@ -151,121 +157,26 @@ def migrate_queued_connections():
 
 # --- MQTT: a real Mosquitto broker per test -------------------------------------------------
 
-MOSQUITTO = Path("/usr/sbin/mosquitto")
-MOSQUITTO_PASSWD = Path("/usr/bin/mosquitto_passwd")
-MQTT_SERVER_USER = "linkedge-inference"  # the serving containers' user in the truck's ACL
-MQTT_SENSOR_USER = "sensor"
-MQTT_REPLY_ROOT = "reply"  # where test clients ask for answers (MQTT 5 response topic)
 
+class MosquittoBroker(_BenchBroker):
+    """bench/broker.py's broker (one implementation for the tests and the bench), failing
+    the test (pytest.fail) where it would raise BrokerError."""
 
-class MosquittoBroker:
-    """``/usr/sbin/mosquitto`` with a configuration of its own on a free port: password file
-    (``mosquitto_passwd -b``), ACL (the server may read features and write answers; the
-    sensor the reverse), optionally persistence (sessions and queued messages survive a
-    restart). ``restart()`` stops it (SIGTERM: it saves its database) and starts it again on
-    the same port."""
-
-    def __init__(self, directory: Path, persistence: bool = False) -> None:
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.passwords = {
-            MQTT_SERVER_USER: secrets.token_hex(8),
-            MQTT_SENSOR_USER: secrets.token_hex(8),
-        }
-        self.password_files: dict[str, Path] = {}
-        passwd = directory / "passwd"
-        for index, (user, password) in enumerate(self.passwords.items()):
-            create = ["-c"] if index == 0 else []
-            subprocess.run(
-                [str(MOSQUITTO_PASSWD), *create, "-b", str(passwd), user, password],
-                check=True,
-                capture_output=True,
-            )
-            secret = directory / f"{user}.password"
-            secret.write_text(password + "\n")
-            secret.chmod(0o600)
-            self.password_files[user] = secret
-        acl = directory / "acl"
-        acl.write_text(
-            f"user {MQTT_SERVER_USER}\n"
-            "topic read linkedge/+/aps/features\n"
-            "topic write linkedge/+/aps/predictions\n"
-            "topic write linkedge/+/aps/errors\n"
-            "topic write linkedge/+/aps/alerts\n"
-            f"topic write {MQTT_REPLY_ROOT}/#\n"
-            f"user {MQTT_SENSOR_USER}\n"
-            "topic write linkedge/+/aps/features\n"
-            "topic read linkedge/+/aps/#\n"
-            f"topic read {MQTT_REPLY_ROOT}/#\n"
-        )
-        self.log_path = directory / "mosquitto.log"
-        store = directory / "store"
-        store.mkdir(exist_ok=True)
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous false",
-            f"password_file {passwd}",
-            f"acl_file {acl}",
-            f"user {getpass.getuser()}",  # started as root, it would switch to "mosquitto"
-            "set_tcp_nodelay true",
-            "max_queued_messages 100000",
-            f"log_dest file {self.log_path}",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "log_type information",
-            "connection_messages true",
-        ]
-        if persistence:
-            lines += ["persistence true", f"persistence_location {store}/", "autosave_interval 1"]
-        self.config = directory / "mosquitto.conf"
-        self.config.write_text("\n".join(lines) + "\n")
-        self.process = None
-        self.start()
+    def __init__(self, directory: Path, persistence: bool | str = False, **options) -> None:
+        try:
+            super().__init__(directory, persistence=persistence, **options)
+        except BrokerError as exc:
+            pytest.fail(str(exc))
 
     def start(self, timeout: float = 10.0) -> None:
-        self.process = subprocess.Popen(
-            [str(MOSQUITTO), "-c", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"mosquitto exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        pytest.fail(f"mosquitto did not listen on {self.port} within {timeout} s:\n{self.log()}")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def log(self) -> str:
         try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+            super().start(timeout)
+        except BrokerError as exc:
+            pytest.fail(str(exc))
 
 
 def _need_mosquitto() -> None:
-    if not MOSQUITTO.exists() or not MOSQUITTO_PASSWD.exists():
+    if not mosquitto_available():
         pytest.skip("no Mosquitto broker (apt-get install mosquitto mosquitto-clients)")
 
 

@@ -14,9 +14,10 @@ import pytest
 
 pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parents[2]
+BROKERS = ("durable", "periodic")  # bench/mqtt.py: the truck's broker, and saving less often
 
 
-def run_bench(image: str, bundle: Path, out: Path) -> subprocess.CompletedProcess[str]:
+def run_bench(image: str, bundle: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
@@ -30,6 +31,7 @@ def run_bench(image: str, bundle: Path, out: Path) -> subprocess.CompletedProces
             str(bundle),
             "--out",
             str(out),
+            *extra,
         ],
         cwd=REPO,
         capture_output=True,
@@ -76,3 +78,45 @@ def test_wrong_answers_fail_the_run(built_image, tiny_bundle, tmp_path: Path) ->
     failures = report["verification"]["failures"]
     assert any("smoke vectors before load" in f and "expected probability" in f for f in failures)
     assert "bench: FAILED" in result.stderr
+
+
+def test_mqtt_smoke_run_records_every_figure(built_image, real_bundle, tmp_path: Path) -> None:
+    """``--case mqtt --smoke``: broker (durable, then periodic) + the image with its MQTT
+    adapter + the sensor, a few seconds at a low rate; every message answered once."""
+    from bench.broker import mosquitto_available
+
+    if not mosquitto_available():
+        pytest.skip("no Mosquitto broker (apt-get install mosquitto mosquitto-clients)")
+    result = run_bench(built_image.tag, real_bundle.path, tmp_path, "--case", "mqtt")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "mqtt.json").read_text())
+    assert report["ok"] is True and report["case"] == "mqtt" and report["mode"] == "smoke"
+    assert report["verification"]["failures"] == []
+    assert report["verification"]["checks"] >= 8  # MQTT + HTTP, before and after, per broker
+    cases = {case["key"]: case for case in report["mqtt_cases"]}
+    assert set(cases) == {
+        f"{kind}-{broker}" for kind in ("single-200", "batch-100-20") for broker in BROKERS
+    }
+    for case in cases.values():
+        assert case["sent"] > 0 and case["lost"] == 0 and case["duplicated"] == 0
+        assert case["answered"] == case["sent"] and case["errors"] == 0
+        assert case["rows"] == case["sent"] * case["batch"]
+        latency = case["latency_ms"]
+        assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+        assert case["server_cpu_us_per_message"] > 0 and case["broker_cpu_cores"] >= 0
+        assert case["sensor_cpu_cores"] >= 0 and case["other_cpu_cores"] >= 0
+        assert case["broker_rss_mib"] > 0 and case["container_pss_mib"] > 0
+    batch = cases["batch-100-20-periodic"]
+    assert batch["rows_per_s"] == pytest.approx(batch["answered_per_s"] * 100, rel=1e-3)
+    http = report["http"]
+    assert http["key"] == "single-predict" and http["requests"] > 0 and http["non_2xx"] == 0
+    assert set(report["brokers"]) == set(BROKERS)
+    assert "autosave_on_changes true" in report["brokers"]["durable"]["config"]
+    assert "autosave_interval 1" in report["brokers"]["durable"]["config"]
+    for memory in (entry["memory_after_load"] for entry in report["servers"].values()):
+        assert len(memory["processes"]) == 3  # gunicorn master + 2 workers
+    for broker in BROKERS:  # the smoke rate is far below the target's: not judged
+        assert report["target"][broker]["met"] is None
+    table = (tmp_path / "mqtt.md").read_text()
+    assert table.startswith("| case |") and "all answers correct" in table
+    assert "HTTP 1 record" in table and table in result.stdout
