@@ -5,7 +5,7 @@ Every figure comes from a file a run wrote, with the date and commit of that run
 
     bench/results/latest.json              `make bench` (LinkEdge vs MLServer), rendered with
                                            bench/report.py's own table
-    build/figures/<scenario>.json          the Molecule scenarios fleet and resilience
+    build/figures/<scenario>.json          the Molecule scenarios fleet, resilience and mqtt
                                            (`make test`), written by their `figures` fixture
     build/fuzz/summary.json                tests/fuzz (`make test`)
     build/releases/current/manifest.json   the newest release playbooks/build.yml published
@@ -76,6 +76,40 @@ SCENARIOS: dict[str, tuple[str, str, dict[str, str]]] = {
             "port together",
             "cut_during_transfer": "power cut during the transfer of the full archive",
             "cut_during_load": "power cut during `docker load`",
+        },
+    ),
+    "mqtt": (
+        "MQTT bus scenario: the broker (`molecule test -s mqtt`, tests/test_mqtt.py)",
+        "A truck and a depot broker (role mqtt_broker; save after every change), the truck "
+        "bridged to the depot over TLS.",
+        {
+            "acl": "ACLs: PUBACK reason code of a sensor publishing predictions (135: not "
+            "authorized), messages a sensor received, messages the inference user's shared "
+            "subscription received",
+            "persistence": "queued QoS 1 messages kept across a broker restart and a power cut; "
+            "seconds until the broker accepted clients again",
+            "store_and_forward": "alerts queued on the truck while it was cut off from the "
+            "depot, the broker's memory idle and with the queue, how long the bridge took "
+            "once the link was back, exactly once and in order",
+        },
+    ),
+    "mqtt-serving": (
+        "MQTT bus scenario: predictions over MQTT under faults (tests/test_serving.py)",
+        "The truck serves release v1 over HTTP and MQTT; the sensor simulator publishes rows of "
+        "the unlabeled APS sample from the host (QoS 1) while each fault happens. Per case: "
+        "messages sent, answered, lost, answered twice, redelivered by the broker (the same "
+        "answer delivered again, not a second answer), publish-to-answer latency in ms.",
+        {
+            "equal_to_predict_batch_1": "200 single-record messages; answers equal to "
+            "`/predict`'s for the same rows",
+            "equal_to_predict_batch_100": "2 messages of 100 rows; answers equal to `/predict`'s",
+            "alerts_at_depot": "alerts (pos rows) that reached the depot over the bridge",
+            "switch": "rollout of v2 (handover on the shared subscription) at 100 messages/s",
+            "switch_rollout_seconds": "that rollout, s",
+            "broker_restart": "`systemctl restart mosquitto` at 100 messages/s",
+            "power_cut": "power cut of the truck (`docker kill`, `docker start`) at 50 messages/s",
+            "power_cut_seconds_to_answering": "from the power cut until the truck answered over "
+            "MQTT again, s",
         },
     ),
 }
@@ -205,6 +239,11 @@ BENCH_CASES = (
         "Soak: memory over millions of requests (`python -m bench --case soak`)",
         "soak_markdown",
     ),
+    (
+        "mqtt",
+        "Predictions over MQTT beside HTTP (`python -m bench --case mqtt`)",
+        "mqtt:mqtt_markdown",
+    ),
 )
 
 
@@ -215,14 +254,17 @@ def bench_case_section(root: Path, source: Source, title: str, renderer: str) ->
         return [*lines, f"Not measured yet: run {source.written_by}.", ""]
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from bench import report as bench_report  # its own table, not a copy
+    import importlib
+
+    module, _, function = renderer.rpartition(":")  # "[module:]function" of bench/
+    bench_report = importlib.import_module(f"bench.{module or 'report'}")  # its own table
 
     source.measured = f"{report.get('started', '?')} to {report.get('finished', '?')}"
     source.commit = commit_text(report.get("git"))
     lines += [
         f"Measured {source.measured}, commit {source.commit}.",
         "",
-        getattr(bench_report, renderer)(report).rstrip("\n"),
+        getattr(bench_report, function)(report).rstrip("\n"),
         "",
     ]
     plot = source.path.with_suffix(".png")
@@ -309,6 +351,11 @@ def scenario_section(name: str, source: Source) -> list[str]:
     ]
 
 
+def scenario_of(figures_name: str) -> str:
+    """The Molecule scenario that writes build/figures/<figures_name>.json (mqtt-serving: mqtt)."""
+    return figures_name.split("-")[0]
+
+
 def render(root: Path) -> str:
     bench = Source("bench", root / "bench" / "results" / "latest.json", root, "`make bench`")
     release = Source(
@@ -325,7 +372,9 @@ def render(root: Path) -> str:
             name,
             figures_dir / f"{name}.json",
             root,
-            f"`make test` or `make molecule-{name}`" if name in SCENARIOS else "`make test`",
+            f"`make test` or `make molecule-{scenario_of(name)}`"
+            if name in SCENARIOS
+            else "`make test`",
         )
         for name in names
     }

@@ -38,6 +38,7 @@ CLIENTS = (
     "observer",
     "other-sensor",
     "reload-check",
+    "test-sensor",
     # depot
     "bridge",
     "depot-observer",
@@ -61,13 +62,13 @@ def _key_pem(key) -> bytes:
 def _still_valid() -> bool:
     try:
         cert = x509.load_pem_x509_certificate((OUT / "depot.crt").read_bytes())
-        json.loads((OUT / "secrets.json").read_text())
+        passwords = json.loads((OUT / "secrets.json").read_text())
         (OUT / "depot.key").read_bytes()
         (OUT / "ca.crt").read_bytes()
     except (OSError, ValueError):
         return False
     left = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
-    return left > dt.timedelta(days=2)
+    return left > dt.timedelta(days=2) and set(CLIENTS) <= set(passwords)
 
 
 def make() -> None:

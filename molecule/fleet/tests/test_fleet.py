@@ -19,14 +19,15 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "resources" / "tests"))
-from truck_api import save_figures  # shared with the other scenarios' tests
+from truck_api import Playbooks, save_figures  # shared with the other scenarios' tests
+from truck_api import truck_ip as shared_truck_ip
 
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
 EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
 RELEASES = PROJECT / "build" / "releases"
-REPORTS = EPHEMERAL / "rollout-reports"
 TRUCKS = [f"fleet-truck-{i}" for i in range(1, 5)]
 NETWORK = "linkedge-fleet"
+PLAYBOOKS = Playbooks(PROJECT, EPHEMERAL)
 FIGURES: dict = {}
 
 
@@ -37,53 +38,17 @@ def release(name: str) -> dict:
 
 def playbook(name: str, *args: str) -> tuple[int, float, dict, str]:
     """Run a playbook on the scenario's inventory; returns (rc, seconds, report, output)."""
-    env = dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=str(PROJECT / "collections"),
-        ANSIBLE_CALLBACKS_ENABLED="linkedge.edge.rollout_report",
-        LINKEDGE_ROLLOUT_REPORT_DIR=str(REPORTS),
-        ANSIBLE_FORCE_COLOR="0",
-        ANSIBLE_NOCOLOR="1",
-    )
-    latest = REPORTS / "latest.json"
-    before = latest.stat().st_mtime if latest.exists() else None
-    started = time.monotonic()
-    proc = subprocess.run(
-        [
-            "ansible-playbook",
-            str(PROJECT / "playbooks" / name),
-            "-i",
-            str(EPHEMERAL / "inventory"),
-            *args,
-        ],
-        env=env,
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    seconds = time.monotonic() - started
-    output = proc.stdout + proc.stderr
-    report = {}
-    if latest.exists() and latest.stat().st_mtime != before:
-        report = json.loads(latest.read_text())
-    print(f"\n{name} {' '.join(args)}: rc={proc.returncode} in {seconds:.1f} s")
+    rc, seconds, report, output = PLAYBOOKS.run(name, *args)
     print(
         output[output.find("LINKEDGE ROLLOUT REPORT") - 10 :]
         if "LINKEDGE ROLLOUT" in output
         else ""
     )
-    return proc.returncode, seconds, report, output
+    return rc, seconds, report, output
 
 
 def truck_ip(truck: str) -> str:
-    out = subprocess.run(
-        ["docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}", truck],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return json.loads(out)[NETWORK]["IPAddress"]
+    return shared_truck_ip(truck, NETWORK)
 
 
 def serving(truck: str) -> str | None:

@@ -18,7 +18,6 @@ complete the switch. What the truck served after each fault is printed and writt
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -28,8 +27,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "resources" / "tests"))
-from truck_api import (
-    Release,  # shared with the other scenarios' tests
+from truck_api import (  # shared with the other scenarios' tests
+    Playbooks,
+    Release,
     save_figures,
 )
 from truck_api import truck_http as shared_truck_http
@@ -37,7 +37,7 @@ from truck_api import truck_http as shared_truck_http
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
 EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
 RELEASES = PROJECT / "build" / "releases"
-REPORTS = EPHEMERAL / "rollout-reports"
+PLAYBOOKS = Playbooks(PROJECT, EPHEMERAL)
 TRUCK = "resilience-truck"
 SERVICE = "linkedge-inference"
 DOCKER_ROOT = "/var/lib/docker"
@@ -118,32 +118,7 @@ def playbook(name: str, *args: str, background: bool = False):
     """Run playbooks/<name> (or site.yml) on the scenario's inventory.
 
     Returns (rc, seconds, report, output), or the Popen when `background`."""
-    env = dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=str(PROJECT / "collections"),
-        ANSIBLE_CALLBACKS_ENABLED="linkedge.edge.rollout_report",
-        LINKEDGE_ROLLOUT_REPORT_DIR=str(REPORTS),
-        ANSIBLE_FORCE_COLOR="0",
-        ANSIBLE_NOCOLOR="1",
-    )
-    path = PROJECT / name if name == "site.yml" else PROJECT / "playbooks" / name
-    command = ["ansible-playbook", str(path), "-i", str(EPHEMERAL / "inventory"), *args]
-    if background:
-        return subprocess.Popen(
-            command, env=env, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-    latest = REPORTS / "latest.json"
-    before = latest.stat().st_mtime if latest.exists() else None
-    started = time.monotonic()
-    proc = subprocess.run(
-        command, env=env, cwd=PROJECT, capture_output=True, text=True, timeout=900
-    )
-    seconds = time.monotonic() - started
-    report = {}
-    if latest.exists() and latest.stat().st_mtime != before:
-        report = json.loads(latest.read_text())
-    print(f"\n{name} {' '.join(args)}: rc={proc.returncode} in {seconds:.1f} s")
-    return proc.returncode, seconds, report, proc.stdout + proc.stderr
+    return PLAYBOOKS.start(name, *args) if background else PLAYBOOKS.run(name, *args)
 
 
 def rollout_v2(label: str) -> dict:

@@ -83,6 +83,66 @@ def truck_http(
     return answer["status"], answer["body"]
 
 
+def truck_ip(truck: str, network: str) -> str:
+    """The simulated truck's address on the scenario's network (reachable from the host)."""
+    out = subprocess.run(
+        ["docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}", truck],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out)[network]["IPAddress"]
+
+
+class Playbooks:
+    """Runs playbooks/<name> (or the root site.yml) on a scenario's inventory, from the
+    project, with the rollout report callback writing to <ephemeral>/rollout-reports."""
+
+    def __init__(self, project: Path, ephemeral: Path) -> None:
+        self.project = project
+        self.inventory = ephemeral / "inventory"
+        self.reports = ephemeral / "rollout-reports"
+
+    def command(self, name: str, *args: str) -> tuple[list[str], dict[str, str]]:
+        import os
+
+        env = dict(
+            os.environ,
+            ANSIBLE_COLLECTIONS_PATH=str(self.project / "collections"),
+            ANSIBLE_CALLBACKS_ENABLED="linkedge.edge.rollout_report",
+            LINKEDGE_ROLLOUT_REPORT_DIR=str(self.reports),
+            ANSIBLE_FORCE_COLOR="0",
+            ANSIBLE_NOCOLOR="1",
+        )
+        path = self.project / name if name == "site.yml" else self.project / "playbooks" / name
+        return ["ansible-playbook", str(path), "-i", str(self.inventory), *args], env
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        """In the background; its output (stdout and stderr together) in .stdout."""
+        command, env = self.command(name, *args)
+        return subprocess.Popen(
+            command, env=env, cwd=self.project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+
+    def run(self, name: str, *args: str, timeout: float = 900) -> tuple[int, float, dict, str]:
+        """(rc, seconds, the run's rollout report or {}, output)."""
+        import time
+
+        command, env = self.command(name, *args)
+        latest = self.reports / "latest.json"
+        before = latest.stat().st_mtime if latest.exists() else None
+        started = time.monotonic()
+        proc = subprocess.run(
+            command, env=env, cwd=self.project, capture_output=True, text=True, timeout=timeout
+        )
+        seconds = time.monotonic() - started
+        report = {}
+        if latest.exists() and latest.stat().st_mtime != before:
+            report = json.loads(latest.read_text())
+        print(f"\n{name} {' '.join(args)}: rc={proc.returncode} in {seconds:.1f} s")
+        return proc.returncode, seconds, report, proc.stdout + proc.stderr
+
+
 def save_figures(scenario: str, figures: dict, project: Path, ephemeral: Path) -> None:
     """A scenario's measured figures: <ephemeral>/<scenario>-figures.json for the run, and
     <project>/build/figures/<scenario>.json (with time and commit), which scripts/figures.py
