@@ -217,6 +217,13 @@ class MosquittoBroker:
         except OSError:
             return ""
 
+    def sensor_args(self, truck: str, user: str = MQTT_SENSOR_USER) -> list[str]:
+        """`linkedge-image sensor` options that reach this broker as `user` (its password file)."""
+        return [
+            *("--host", "127.0.0.1", "--port", str(self.port), "--truck", truck),
+            *("--username", user, "--password-file", str(self.password_files[user])),
+        ]
+
     def container_password_file(self, user: str = MQTT_SERVER_USER) -> Path:
         """A copy of ``user``'s password file the image's user can read when mounted
         read-only (owned by it when we are root, else world-readable in a private dir)."""

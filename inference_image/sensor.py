@@ -23,15 +23,13 @@ sensor's acknowledgement did not reach it.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 import secrets
 import select
-import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ import numpy as np
 import orjson
 
 from . import contract
+from .mqtt_socket import corked, no_delay
 
 CONNECT_TIMEOUT = 10.0
 NO_MATCHING_SUBSCRIBERS = 0x10  # an MQTT 5 PUBACK reason code (a success: nobody got it)
@@ -142,27 +141,6 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     }
 
 
-def _no_delay(client: Any, userdata: Any, sock: Any) -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-@contextlib.contextmanager
-def corked(sock: Any) -> Iterator[None]:
-    """TCP_CORK for the block: the packets written in it leave together when it ends."""
-    corked = False
-    if sock is not None:
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-            corked = True
-    try:
-        yield
-    finally:
-        if corked:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
-
-
 def _answer_id(payload: bytes) -> Any:
     """The "id" of an answer: it comes first (``{"id":"<id>",...``), so the sensor's own ids
     (no quote, comma or escape in them) are cut out without parsing the predictions."""
@@ -199,7 +177,7 @@ class _Sensor:
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
-        self.client.on_socket_open = _no_delay
+        self.client.on_socket_open = no_delay
         self.connack: Any = None
         self.connected = False
         self.reconnects = 0

@@ -32,16 +32,13 @@ All MQTT work happens in the adapter's thread; paho is driven with its external-
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import select
-import socket
 import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +50,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from inference_image import contract
+from inference_image.mqtt_socket import corked, no_delay
 
 from .answered_log import DEFAULT_WINDOW, AnsweredIds, log_path, prune_logs
 from .endpoints import Prediction, PredictionEndpoints
@@ -112,29 +110,6 @@ def _session_properties(expiry: int, receive_maximum: int | None = None) -> Prop
     if receive_maximum is not None:
         properties.ReceiveMaximum = receive_maximum
     return properties
-
-
-def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    """Small packets (answers, acknowledgements) go out at once: no Nagle delay, which with
-    the broker's delayed ACKs would hold some for tens of milliseconds."""
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-@contextlib.contextmanager
-def _corked(sock: Any) -> Iterator[None]:
-    """TCP_CORK on ``sock`` for the block: what is written in it goes out when it ends."""
-    corked = False
-    if sock is not None:
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-            corked = True
-    try:
-        yield
-    finally:
-        if corked:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
 
 
 class MqttAdapter:
@@ -301,7 +276,7 @@ class MqttAdapter:
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
-        client.on_socket_open = _no_delay
+        client.on_socket_open = no_delay
         client.connect_async(
             self.settings.host,
             self.settings.port,
@@ -466,7 +441,7 @@ class MqttAdapter:
             return
         # paho writes each packet as it is made: corked, the batch's answers and
         # acknowledgements leave in a few segments (the broker wakes up once, not per packet).
-        with _corked(client.socket()):
+        with corked(client.socket()):
             if self._inbox:
                 inbox, self._inbox = self._inbox, []
                 for start in range(0, len(inbox), BATCH_MESSAGES):

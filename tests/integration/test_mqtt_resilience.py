@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from inference_image.data import REQUEST_SAMPLE_FILE, default_data_dir
-from tests.conftest import MQTT_SENSOR_USER, MosquittoBroker, mqtt_metric
+from tests.conftest import MosquittoBroker, mqtt_metric
 
 REPO = Path(__file__).resolve().parents[2]
 TRUCK = "truck-9"
@@ -39,14 +39,7 @@ def start_sensor(broker: MosquittoBroker, out: Path, count: int, rate: float) ->
         "-m",
         "inference_image",
         "sensor",
-        "--port",
-        str(broker.port),
-        "--truck",
-        TRUCK,
-        "--username",
-        MQTT_SENSOR_USER,
-        "--password-file",
-        str(broker.password_files[MQTT_SENSOR_USER]),
+        *broker.sensor_args(TRUCK),
         "--rows",
         str(sample_file()),
         "--count",

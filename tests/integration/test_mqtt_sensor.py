@@ -42,16 +42,7 @@ def sensor(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def broker_args(broker: MosquittoBroker) -> list[str]:
-    return [
-        "--port",
-        str(broker.port),
-        "--truck",
-        TRUCK,
-        "--username",
-        MQTT_SENSOR_USER,
-        "--password-file",
-        str(broker.password_files[MQTT_SENSOR_USER]),
-    ]
+    return broker.sensor_args(TRUCK)
 
 
 def test_the_sensor_reports_answers_and_latency(
