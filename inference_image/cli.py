@@ -326,6 +326,72 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_channel_publish(args: argparse.Namespace) -> int:
+    """Point a channel at a signed release in the depot (next sequence)."""
+    from .channels import publish
+
+    _print_json(publish(args.depot, args.channel, args.release, args.signing_key))
+    return 0
+
+
+def cmd_channel_promote(args: argparse.Namespace) -> int:
+    """Point --to at the release --from points at (--to's next sequence)."""
+    from .channels import promote
+
+    _print_json(promote(args.depot, args.source, args.target, args.signing_key))
+    return 0
+
+
+def cmd_channel_rollback(args: argparse.Namespace) -> int:
+    """Point a channel back at its previous release, with a new, higher sequence."""
+    from .channels import rollback
+
+    _print_json(rollback(args.depot, args.channel, args.signing_key))
+    return 0
+
+
+def cmd_channel_show(args: argparse.Namespace) -> int:
+    from .channels import show
+
+    _print_json(show(args.depot, args.channel))
+    return 0
+
+
+def _add_channel_parser(commands: argparse._SubParsersAction) -> None:
+    """`channel publish|promote|rollback|show` (docs/channels.md)."""
+    channel = commands.add_parser("channel", help="publish, promote, roll back signed channels")
+    actions = channel.add_subparsers(
+        dest="channel_command", required=True, metavar="ACTION", help="what to do with a channel"
+    )
+    depot_help = "depot directory (holds releases/ and channels/)"
+    key_help = "Ed25519 private key (PEM) the pointer is signed with (the release key)"
+
+    p = actions.add_parser("publish", help="point a channel at a signed release in the depot")
+    p.add_argument("--depot", type=Path, required=True, help=depot_help)
+    p.add_argument("--channel", required=True, help="channel name, e.g. canary")
+    p.add_argument("--release", type=Path, required=True, help="release directory in the depot")
+    p.add_argument("--signing-key", type=Path, required=True, help=key_help)
+    p.set_defaults(func=cmd_channel_publish, command="channel publish")
+
+    p = actions.add_parser("promote", help="point a channel at another channel's release")
+    p.add_argument("--depot", type=Path, required=True, help=depot_help)
+    p.add_argument("--from", dest="source", default="canary", help="(default: canary)")
+    p.add_argument("--to", dest="target", default="stable", help="(default: stable)")
+    p.add_argument("--signing-key", type=Path, required=True, help=key_help)
+    p.set_defaults(func=cmd_channel_promote, command="channel promote")
+
+    p = actions.add_parser("rollback", help="point a channel back at its previous release")
+    p.add_argument("--depot", type=Path, required=True, help=depot_help)
+    p.add_argument("--channel", required=True, help="channel name, e.g. stable")
+    p.add_argument("--signing-key", type=Path, required=True, help=key_help)
+    p.set_defaults(func=cmd_channel_rollback, command="channel rollback")
+
+    p = actions.add_parser("show", help="print channel pointers and their history")
+    p.add_argument("--depot", type=Path, required=True, help=depot_help)
+    p.add_argument("--channel", help="one channel (default: every channel)")
+    p.set_defaults(func=cmd_channel_show, command="channel show")
+
+
 def cmd_wheelhouse(args: argparse.Namespace) -> int:
     from .image.wheelhouse import ensure_wheelhouse
 
@@ -691,6 +757,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--signing-key", type=Path, required=True, help="Ed25519 private key (PEM)")
     p.set_defaults(func=cmd_sign)
 
+    _add_channel_parser(commands)
+
     p = commands.add_parser("verify", help="check a bundle's checksums")
     p.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
     p.set_defaults(func=cmd_verify)
@@ -817,6 +885,7 @@ _PACKAGE_ERRORS = (
     ("inference_image.predictor", "PredictorError"),
     ("inference_image.signing", "SigningError"),
     ("inference_image.release", "ReleaseError"),
+    ("inference_image.channels", "ChannelError"),
     ("inference_image.image.wheelhouse", "WheelhouseError"),
     ("inference_image.image.base_image", "BaseImageError"),
     ("inference_image.image.build", "ImageBuildError"),

@@ -268,3 +268,45 @@ def check_smoke_vectors_over_http(post, vectors: list, features: list) -> list:
     if not isinstance(vectors, list) or not vectors:
         return ["the bundle has no smoke vectors to check the model with"]
     return _predict_mismatches(post, vectors, features) + _infer_mismatches(post, vectors, features)
+
+
+# --- Channels -----------------------------------------------------------------------------------
+# A channel pointer (docs/channels.md) names the release a channel (stable, canary, ...) points
+# at. CI writes it (inference_image/channels.py) into the depot at <depot>/channels/<name>.json
+# with a detached signature <name>.json.sig (the release signature format) and keeps the
+# channel's history at <depot>/channels/history/<name>.json; the truck checks it
+# (module_utils/channel_pointer.py, module channel_verify). `sequence` grows by one with every
+# pointer a channel gets, rollbacks included: a truck refuses a lower one (a replay).
+CHANNELS_DIR = "channels"
+CHANNEL_HISTORY_DIR = "history"
+CHANNEL_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"  # a file name and a topic level
+POINTER_FORMAT = 1
+POINTER_SUFFIX = ".json"
+# Fields every pointer has (the truck refuses a pointer without them).
+POINTER_REQUIRED = (
+    "format",
+    "channel",
+    "sequence",
+    "version",
+    "manifest_sha256",
+    "manifest_path",
+    "published_at",
+)
+# Fields copied from the release's signed manifest, so a truck knows what to fetch before it
+# has the manifest (the manifest stays the record the truck verifies and uses).
+POINTER_FROM_MANIFEST = (
+    "image",
+    "image_id",
+    "archive",
+    "archive_sha256",
+    "archive_bytes",
+    "bundle_sha256",
+)
+# What made a pointer: `publish` (a release), `promote` (another channel's release),
+# `rollback` (the channel's previous release, with a new, higher sequence).
+POINTER_ACTIONS = ("publish", "promote", "rollback")
+
+
+def channel_pointer_path(channel: str) -> str:
+    """``channels/<channel>.json``, relative to the depot's root."""
+    return f"{CHANNELS_DIR}/{channel}{POINTER_SUFFIX}"

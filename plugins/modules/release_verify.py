@@ -13,11 +13,15 @@ version_added: 0.3.0
 description:
   - Checks the Ed25519 signature of a release's C(manifest.json) (signature file
     C(manifest.json.sig), written by C(python -m inference_image publish --signing-key) or
-    C(sign)) with the trusted public key, then the checksums of the release files present on
+    C(sign)) with the trusted public keys, then the checksums of the release files present on
     the target against the signed manifest, and returns the signed manifest's fields.
   - The signature covers the exact bytes of C(manifest.json). The key id is the sha256 (hex)
-    of the raw 32-byte public key; only O(public_key) decides, the key id named in the
-    signature file is only quoted in messages.
+    of the raw 32-byte public key; only the trusted keys decide, the key id named in the
+    signature file only orders the attempts and is quoted in messages.
+  - Several keys can be trusted at once, for key rotation (sign with the new key, trust both,
+    retire the old one) - the signature verifies when one trusted key verifies it. A
+    signature by a key listed in O(revoked_key_ids) is refused, even while that key is still
+    among the trusted keys. See C(docs/channels.md) for the rotation and revocation procedure.
   - Checked against the signed manifest when given, in this order and before anything else
     reads them, O(archive) (size and sha256 against C(archive_bytes) and C(archive_sha256)) and
     O(bundle_dir) (C(SHA256SUMS) against C(bundle_sha256), then every file it lists).
@@ -33,13 +37,34 @@ options:
     type: path
   public_key:
     description:
-      - The trusted Ed25519 public key, as the content of the C(release-signing.pub) written by
+      - A trusted Ed25519 public key, as the content of the C(release-signing.pub) written by
         C(python -m inference_image keygen) (PEM C(PUBLIC KEY)) or base64 of the 32 raw bytes.
-      - Exactly one of O(public_key) and O(public_key_path) is required.
+        Several PEM blocks in one text are several trusted keys.
+      - The one-key shorthand of O(public_keys); the keys of both are trusted. At least one
+        key must be given by O(public_key), O(public_key_path) or O(public_keys).
     type: str
   public_key_path:
-    description: Path on the target of a file holding the trusted public key (as O(public_key)).
+    description: Path on the target of a file holding trusted public keys (as O(public_key)).
     type: path
+  public_keys:
+    description:
+      - Trusted Ed25519 public keys (each as O(public_key)), for example the current and the
+        next signing key during a rotation.
+    type: list
+    elements: str
+    default: []
+  revoked_key_ids:
+    description:
+      - Key ids (sha256 hex of the raw public key, as C(keygen) prints it; a C(sha256:) prefix
+        is accepted) whose signatures are refused, even when the key is still trusted.
+    type: list
+    elements: str
+    default: []
+  manifest_sha256:
+    description:
+      - The sha256 the manifest must have, from the channel pointer that named it
+        (RV(linkedge.edge.channel_verify#module:manifest_sha256)); refused when it differs.
+    type: str
   archive:
     description: Path on the target of the release's C(docker save) archive (full archive only).
     type: path
@@ -49,10 +74,14 @@ options:
 requirements:
   - Python cryptography >= 2.6 on the target (C(python3-cryptography) on Debian and Ubuntu)
 notes:
+  - Every refusal is a failure whose C(msg) says what was wrong and what to do, and whose
+    C(reason) says it for machines - V(missing), V(malformed), V(bad_signature),
+    V(unknown_key), V(revoked_key), V(bad_trust), V(manifest_mismatch) or V(altered).
   - In check mode a manifest, signature or archive that is not on the target yet (not copied
     because the copy task ran in check mode too) only gives a warning and RV(verified=false).
 seealso:
   - module: linkedge.edge.image_load
+  - module: linkedge.edge.channel_verify
 author:
   - LinkEdge developers (@linkedge)
 attributes:
@@ -72,6 +101,16 @@ EXAMPLES = r"""
     archive: /var/tmp/linkedge/linkedge_aps-classifier_aps-xgb-1234.tar
   register: verified
 
+- name: Verify during a key rotation - trust the old and the new key, refuse a revoked one
+  linkedge.edge.release_verify:
+    manifest: /var/lib/linkedge/releases/aps-xgb-1234/manifest.json
+    public_keys:
+      - "{{ lookup('ansible.builtin.file', 'keys/release-signing-2025.pub') }}"
+      - "{{ lookup('ansible.builtin.file', 'keys/release-signing-2026.pub') }}"
+    revoked_key_ids:
+      - 9b2e5c1d0f3a4b6c8d7e9f0a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4
+    manifest_sha256: "{{ pointer.manifest_sha256 }}"
+
 - name: Load what the signed manifest names
   linkedge.edge.image_load:
     archive: /var/tmp/linkedge/{{ verified.manifest.archive }}
@@ -86,10 +125,23 @@ verified:
   returned: always
   type: bool
 key_id:
-  description: sha256 (hex) of the trusted public key's raw bytes.
+  description:
+    - sha256 (hex) of the raw bytes of the trusted key that verified the signature.
+    - When not verified (check mode), the id of the trusted key if only one is trusted, else
+      empty.
   returned: always
   type: str
   sample: 3f1c0d5e9b8a7f6e5d4c3b2a1f0e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e
+trusted_key_ids:
+  description: Ids of the trusted keys that are not revoked, sorted.
+  returned: always
+  type: list
+  elements: str
+reason:
+  description: Why the release was refused (see the notes), for a later report.
+  returned: on failure
+  type: str
+  sample: revoked_key
 manifest:
   description: The signed manifest (version, image, image_id, archive, archive_sha256,
     archive_bytes, bundle_sha256, files, ...); empty when not verified.
@@ -124,28 +176,18 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.linkedge.edge.plugins.module_utils.release_signature import (
     CRYPTOGRAPHY_IMPORT_ERROR,
     HAS_CRYPTOGRAPHY,
+    REASON_MISSING,
+    TRUST_ARGUMENT_SPEC,
     ReleaseRefused,
-    raw_public_key,
+    check_manifest_digest,
+    trust_store_from_params,
     verify_archive,
     verify_bundle,
     verify_signature,
 )
-from ansible_collections.linkedge.edge.plugins.module_utils.release_signature import (
-    key_id as compute_key_id,
-)
 
 
-def trusted_key(module: AnsibleModule) -> str:
-    path = module.params["public_key_path"]
-    if not path:
-        return module.params["public_key"]
-    if not os.path.isfile(path):
-        module.fail_json(msg=f"trusted public key file {path} not found on the target")
-    with open(path, encoding="utf-8") as handle:
-        return handle.read()
-
-
-def not_copied_yet(module: AnsibleModule, paths: list, key: str) -> None:
+def not_copied_yet(module: AnsibleModule, paths: list, trusted: list) -> None:
     """In check mode: warn and report unverified when a file was not copied (copy ran in check
     mode too); never in a real run."""
     missing = [path for path in paths if path and not os.path.exists(path)]
@@ -154,7 +196,42 @@ def not_copied_yet(module: AnsibleModule, paths: list, key: str) -> None:
             f"{', '.join(missing)} not on the target (not copied in check mode?): "
             "the release was not verified"
         )
-        module.exit_json(changed=False, verified=False, key_id=key, manifest={})
+        key = trusted[0] if len(trusted) == 1 else ""
+        module.exit_json(
+            changed=False, verified=False, key_id=key, trusted_key_ids=trusted, manifest={}
+        )
+
+
+def verify(module: AnsibleModule) -> dict:
+    params = module.params
+    manifest_path = params["manifest"]
+    signature_path = params["signature"] or manifest_path + ".sig"
+    trust = trust_store_from_params(params)
+    trusted = trust.active_key_ids
+    not_copied_yet(module, [manifest_path, signature_path, params["archive"]], trusted)
+    manifest, manifest_sha256, key = verify_signature(manifest_path, signature_path, trust)
+    if params["manifest_sha256"]:
+        check_manifest_digest(manifest_path, manifest_sha256, params["manifest_sha256"])
+    result = dict(
+        changed=False,
+        verified=True,
+        key_id=key,
+        trusted_key_ids=trusted,
+        manifest=manifest,
+        manifest_sha256=manifest_sha256,
+        version=manifest["version"],
+        image_id=manifest["image_id"],
+    )
+    if params["archive"]:
+        if not os.path.isfile(params["archive"]):
+            raise ReleaseRefused(
+                f"archive {params['archive']} is missing: copy it to the target first",
+                REASON_MISSING,
+            )
+        result["archive_sha256"] = verify_archive(params["archive"], manifest)
+    if params["bundle_dir"]:
+        result["bundle_files"] = verify_bundle(params["bundle_dir"], manifest)
+    return result
 
 
 def main() -> None:
@@ -162,12 +239,11 @@ def main() -> None:
         argument_spec=dict(
             manifest=dict(type="path", required=True),
             signature=dict(type="path"),
-            public_key=dict(type="str", no_log=False),
-            public_key_path=dict(type="path"),
+            manifest_sha256=dict(type="str"),
             archive=dict(type="path"),
             bundle_dir=dict(type="path"),
+            **TRUST_ARGUMENT_SPEC,
         ),
-        required_one_of=[("public_key", "public_key_path")],
         mutually_exclusive=[("public_key", "public_key_path")],
         supports_check_mode=True,
     )
@@ -176,35 +252,14 @@ def main() -> None:
             msg=missing_required_lib("cryptography (python3-cryptography on Debian and Ubuntu)"),
             exception=CRYPTOGRAPHY_IMPORT_ERROR,
         )
-    params = module.params
-    manifest_path = params["manifest"]
-    signature_path = params["signature"] or manifest_path + ".sig"
     try:
-        public_key = trusted_key(module)
-        key = compute_key_id(raw_public_key(public_key))
-        not_copied_yet(module, [manifest_path, signature_path, params["archive"]], key)
-        manifest, manifest_sha256, key = verify_signature(manifest_path, signature_path, public_key)
-        result = dict(
-            changed=False,
-            verified=True,
-            key_id=key,
-            manifest=manifest,
-            manifest_sha256=manifest_sha256,
-            version=manifest["version"],
-            image_id=manifest["image_id"],
-        )
-        if params["archive"]:
-            if not os.path.isfile(params["archive"]):
-                raise ReleaseRefused(
-                    f"archive {params['archive']} is missing: copy it to the target first"
-                )
-            result["archive_sha256"] = verify_archive(params["archive"], manifest)
-        if params["bundle_dir"]:
-            result["bundle_files"] = verify_bundle(params["bundle_dir"], manifest)
+        result = verify(module)
     except ReleaseRefused as exc:
-        module.fail_json(msg=str(exc), verified=False)
+        module.fail_json(msg=str(exc), verified=False, reason=exc.reason)
     except OSError as exc:
-        module.fail_json(msg=f"cannot read the release files: {exc}", verified=False)
+        module.fail_json(
+            msg=f"cannot read the release files: {exc}", verified=False, reason=REASON_MISSING
+        )
     module.exit_json(**result)
 
 

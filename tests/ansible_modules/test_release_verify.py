@@ -157,6 +157,7 @@ def test_tampered_manifest_is_refused(release):
     manifest.write_text(text.replace("1" * 64, "1" * 63 + "2"))
     result = _run(release.args())
     assert result.failed and result["verified"] is False
+    assert result["reason"] == "bad_signature"
     assert result["msg"] == (
         f"signature does not match the trusted key {release.keys.key_id}: the manifest was "
         "altered or signed by another key; republish the release; nothing was loaded"
@@ -213,7 +214,7 @@ def test_signature_by_another_key_is_refused(release, tmp_path):
         release.path / "manifest.json", signing.load_private_key(other.private_key)
     )
     result = _run(release.args())
-    assert result.failed
+    assert result.failed and result["reason"] == "unknown_key"
     assert result["msg"] == (
         f"signature does not match the trusted key {release.keys.key_id} (the signature file "
         f"names key {other.key_id}): the manifest was altered or signed by another key; "
@@ -225,7 +226,7 @@ def test_missing_signature_is_refused(release):
     signature = release.path / "manifest.json.sig"
     signature.unlink()
     result = _run(release.args())
-    assert result.failed
+    assert result.failed and result["reason"] == "missing"
     assert result["msg"] == (
         f"signature file {signature} is missing: the release is not signed or its signature "
         "was not shipped; sign it (python -m inference_image sign --release DIR --signing-key "
@@ -241,6 +242,56 @@ def test_truncated_signature_and_bad_trusted_key_are_refused(release):
     assert "the signature has 30 bytes, an Ed25519 signature has 64" in _run(release.args())["msg"]
     result = _run(release.args(public_key="not a key"))
     assert result.failed and "the trusted public key is not an Ed25519 public key" in result["msg"]
+
+
+def test_rotation_several_trusted_keys_then_the_old_one_retired(release, tmp_path):
+    """Sign with the new key, trust both, retire the old: every step verifies on the truck."""
+    new = signing.generate_key_pair(tmp_path / "new")
+    both = release.args(public_key="", public_keys=[release.public_key, new.public_key.read_text()])
+    old_signed = _run(both)
+    assert not old_signed.failed and old_signed["key_id"] == release.keys.key_id
+    assert old_signed["trusted_key_ids"] == sorted([release.keys.key_id, new.key_id])
+    signing.sign_manifest(release.path / "manifest.json", signing.load_private_key(new.private_key))
+    new_signed = _run(both)
+    assert not new_signed.failed and new_signed["key_id"] == new.key_id
+    retired = _run(release.args(public_key=new.public_key.read_text()))
+    assert not retired.failed and retired["key_id"] == new.key_id
+    # A key ring file (both PEM blocks in one file) is several trusted keys as well.
+    ring = tmp_path / "trusted-keys.pem"
+    ring.write_text(release.public_key + new.public_key.read_text())
+    by_ring = release.args(public_key_path=str(ring))
+    del by_ring["public_key"]
+    assert _run(by_ring)["key_id"] == new.key_id
+
+
+def test_a_revoked_key_is_refused_even_while_trusted(release, tmp_path):
+    new = signing.generate_key_pair(tmp_path / "new")
+    args = release.args(
+        public_keys=[new.public_key.read_text()], revoked_key_ids=[release.keys.key_id]
+    )
+    result = _run(args)
+    assert result.failed and result["reason"] == "revoked_key"
+    assert result["msg"] == (
+        f"the manifest is signed by revoked key {release.keys.key_id}: re-sign it with a current "
+        f"key (trusted: {new.key_id}) and republish the release; remove the revoked key from the "
+        "trusted keys; nothing was loaded"
+    )
+    signing.sign_manifest(release.path / "manifest.json", signing.load_private_key(new.private_key))
+    assert _run(args)["key_id"] == new.key_id  # re-signed with the current key: accepted
+    everything = _run(release.args(revoked_key_ids=[release.keys.key_id]))
+    assert everything.failed and everything["reason"] == "bad_trust"
+    assert everything["msg"].startswith("every trusted key is revoked")
+
+
+def test_the_manifest_must_be_the_one_the_channel_pointer_names(release):
+    digest = hashlib.sha256((release.path / "manifest.json").read_bytes()).hexdigest()
+    assert not _run(release.args(manifest_sha256=digest)).failed
+    result = _run(release.args(manifest_sha256="0" * 64))
+    assert result.failed and result["reason"] == "manifest_mismatch"
+    assert result["msg"].startswith(
+        f"manifest {release.path / 'manifest.json'} has sha256 {digest}, the channel pointer "
+        f"names {'0' * 64}: the depot served another manifest than the channel points at"
+    )
 
 
 @pytest.mark.skipif(

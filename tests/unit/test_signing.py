@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from inference_image import signing
+from inference_image.release_signature import ReleaseRefused, TrustStore
 
 MANIFEST = b'{\n  "archive_sha256": "' + b"ab" * 32 + b'",\n  "version": "1.2.3"\n}\n'
 
@@ -98,3 +99,97 @@ def test_a_missing_signature_or_key_says_what_to_do(keys, manifest, tmp_path):
         signing.load_private_key(tmp_path / "absent.key")
     with pytest.raises(signing.SigningError, match="not an Ed25519 public key"):
         signing.load_public_key("bm90IGEga2V5")  # base64 of 9 bytes
+
+
+# --- the trust store: several keys, rotation, revocation (release_signature.TrustStore) -------
+
+
+def _signed_by(pair: signing.KeyPair, manifest: Path) -> str:
+    signing.sign_manifest(manifest, signing.load_private_key(pair.private_key))
+    return str(signing.signature_path(manifest))
+
+
+def _store(*pairs: signing.KeyPair, revoked=()) -> TrustStore:
+    return TrustStore.from_texts([pair.public_key.read_text() for pair in pairs], revoked)
+
+
+def _refusal(store: TrustStore, manifest: Path) -> ReleaseRefused:
+    with pytest.raises(ReleaseRefused) as refused:
+        store.verify(manifest.read_bytes(), str(signing.signature_path(manifest)))
+    return refused.value
+
+
+@pytest.fixture
+def new_keys(tmp_path: Path) -> signing.KeyPair:
+    return signing.generate_key_pair(tmp_path / "new-keys")
+
+
+def test_rotation_sign_with_the_new_key_trust_both_then_retire_the_old(keys, new_keys, manifest):
+    signature = _signed_by(keys, manifest)
+    data = manifest.read_bytes()
+    assert _store(keys).verify(data, signature) == keys.key_id  # before the rotation
+    both = _store(keys, new_keys)
+    assert both.active_key_ids == sorted([keys.key_id, new_keys.key_id])
+    assert both.verify(data, signature) == keys.key_id  # trucks trust both: old still passes
+    signature = _signed_by(new_keys, manifest)
+    assert both.verify(data, signature) == new_keys.key_id  # CI signs with the new key
+    assert _store(new_keys).verify(data, signature) == new_keys.key_id  # old key retired
+    _signed_by(keys, manifest)  # an old signature after the retirement
+    refused = _refusal(_store(new_keys), manifest)
+    assert refused.reason == "unknown_key"
+    assert str(refused) == (
+        f"signature does not match the trusted key {new_keys.key_id} (the signature file names "
+        f"key {keys.key_id}): the manifest was altered or signed by another key; republish the "
+        "release; nothing was loaded"
+    )
+
+
+def test_a_revoked_key_is_refused_even_while_still_trusted(keys, new_keys, manifest):
+    _signed_by(keys, manifest)
+    revoked = _store(keys, new_keys, revoked=[f"SHA256:{keys.key_id.upper()}"])
+    refused = _refusal(revoked, manifest)
+    assert refused.reason == "revoked_key"
+    assert str(refused) == (
+        f"the manifest is signed by revoked key {keys.key_id}: re-sign it with a current key "
+        f"(trusted: {new_keys.key_id}) and republish the release; remove the revoked key from "
+        "the trusted keys; nothing was loaded"
+    )
+    assert revoked.active_key_ids == [new_keys.key_id]
+    _signed_by(new_keys, manifest)
+    assert revoked.verify(manifest.read_bytes(), str(signing.signature_path(manifest))) == (
+        new_keys.key_id
+    )
+
+
+def test_a_signature_naming_a_revoked_untrusted_key_is_refused_as_revoked(keys, new_keys, manifest):
+    _signed_by(keys, manifest)
+    refused = _refusal(_store(new_keys, revoked=[keys.key_id]), manifest)
+    assert refused.reason == "revoked_key"
+    assert f"names (and no trusted key verifies it) revoked key {keys.key_id}" in str(refused)
+
+
+def test_an_altered_manifest_fails_every_trusted_key(keys, new_keys, manifest):
+    _signed_by(new_keys, manifest)
+    manifest.write_bytes(manifest.read_bytes().replace(b"1.2.3", b"1.2.4"))
+    refused = _refusal(_store(keys, new_keys), manifest)
+    assert refused.reason == "bad_signature"
+    ids = ", ".join(sorted([keys.key_id, new_keys.key_id]))
+    assert str(refused).startswith(f"signature does not match any of the 2 trusted keys ({ids}):")
+
+
+def test_unusable_trust_settings_are_refused(keys, new_keys):
+    with pytest.raises(ReleaseRefused, match="every trusted key is revoked") as refused:
+        _store(keys, revoked=[keys.key_id])
+    assert refused.value.reason == "bad_trust"
+    with pytest.raises(ReleaseRefused, match="revoked key id 'abc' is not a key id"):
+        _store(keys, revoked=["abc"])
+    with pytest.raises(ReleaseRefused, match="no trusted public key was given"):
+        TrustStore.from_texts(["", "  "])
+
+
+def test_a_key_ring_text_holds_several_keys(keys, new_keys, manifest):
+    ring = keys.public_key.read_text() + "\n" + new_keys.public_key.read_text()
+    store = TrustStore.from_texts([ring])
+    assert store.active_key_ids == sorted([keys.key_id, new_keys.key_id])
+    signature = _signed_by(new_keys, manifest)
+    assert store.verify(manifest.read_bytes(), signature) == new_keys.key_id

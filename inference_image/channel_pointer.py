@@ -1,0 +1,1 @@
+../plugins/module_utils/channel_pointer.py
