@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException, NotFound
 
 from inference_image.bundle import ModelBundle, load_bundle
 
+from . import metadata
 from .config import ServingConfig
 from .endpoints import PredictionEndpoints
 from .fastpath import HotRoutes
@@ -29,16 +30,8 @@ log = logging.getLogger("linkedge.serving")
 
 __all__ = ["SMOKE_TOLERANCE", "ServedModel", "check_smoke_vectors", "create_app"]
 
-SERVER_NAME = "linkedge"
 _JSON = "application/json"
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
-
-
-def server_version() -> str:
-    """The package's own version: the image runs it from source, not as an installed dist."""
-    from inference_image import __version__
-
-    return __version__
 
 
 def _json_response(body: Any, status: int = 200) -> Response:
@@ -112,8 +105,9 @@ def create_app(bundle: ModelBundle | Path, config: ServingConfig | None = None) 
 
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
-    # The MQTT adapter (mqtt_adapter.py) serves with these same objects in each worker.
+    # The MQTT adapter and the gRPC server serve with these same objects in each worker.
     app.extensions["linkedge"] = {
+        "bundle": bundle,
         "model": model,
         "metrics": metrics,
         "config": config,
@@ -122,33 +116,16 @@ def create_app(bundle: ModelBundle | Path, config: ServingConfig | None = None) 
     _install_error_handlers(app, config)
     _install_metrics_hooks(app, metrics)
 
-    width = len(bundle.feature_names)
     live_body = orjson.dumps({"live": True})
     ready_body = orjson.dumps({"ready": True})
-    server_body = orjson.dumps({"name": SERVER_NAME, "version": server_version(), "extensions": []})
-    model_body = orjson.dumps(
-        {
-            "name": name,
-            "versions": [version],
-            "platform": "xgboost",
-            "inputs": [{"name": "input-0", "datatype": "FP32", "shape": [-1, width]}],
-            "outputs": [
-                {"name": "probability", "datatype": "FP32", "shape": [-1]},
-                {"name": "label", "datatype": "BYTES", "shape": [-1]},
-            ],
-            "parameters": {
-                "threshold": bundle.threshold,
-                "bundle_sha256": bundle.sha256,
-                "features": list(bundle.feature_names),
-            },
-        }
-    )
+    server_body = orjson.dumps(metadata.server_metadata())
+    model_body = orjson.dumps(metadata.model_metadata(bundle, config))
     openapi_body = orjson.dumps(
         build_openapi(
             bundle.feature_names,
             name,
             version,
-            server_version(),
+            metadata.server_version(),
             config.max_rows,
             requires_token=config.api_token is not None,
         )

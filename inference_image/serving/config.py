@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from inference_image.contract import MODEL_NAME
+from inference_image.contract import DEFAULT_GRPC_PORT, ENV_GRPC_PORT, ENV_HOST, MODEL_NAME
 
 from .auth import TOKEN_FILE_ENV, read_token_file
 
@@ -44,6 +44,16 @@ def tcp_port_env(environ: Mapping[str, str], name: str, default: int) -> int:
     return port
 
 
+def grpc_address_env(environ: Mapping[str, str]) -> str | None:
+    """``host:port`` for the gRPC endpoint from LINKEDGE_GRPC_PORT (unset or empty: None) and
+    LINKEDGE_HOST (default 0.0.0.0, as for HTTP); an IPv6 host goes in brackets."""
+    if not environ.get(ENV_GRPC_PORT, "").strip():
+        return None
+    port = tcp_port_env(environ, ENV_GRPC_PORT, DEFAULT_GRPC_PORT)
+    host = (environ.get(ENV_HOST) or "0.0.0.0").strip()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True)
 class ServingConfig:
     model_name: str = MODEL_NAME
@@ -54,6 +64,8 @@ class ServingConfig:
     api_token: bytes | None = field(default=None, repr=False)
     # The MQTT adapter's settings (LINKEDGE_MQTT_*); None: no adapter.
     mqtt: MqttSettings | None = None
+    # host:port of the gRPC endpoint (LINKEDGE_HOST, LINKEDGE_GRPC_PORT); None: no gRPC.
+    grpc_address: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_rows", "xgboost_nthread"):
@@ -71,7 +83,8 @@ class ServingConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingConfig:
         """Defaults overridden by LINKEDGE_MAX_BODY_BYTES, LINKEDGE_MAX_ROWS,
         LINKEDGE_XGBOOST_NTHREAD, LINKEDGE_API_TOKEN_FILE (the file holding the API
-        token) and the MQTT adapter's LINKEDGE_MQTT_* (:mod:`.mqtt_config`); a bad value, or a
+        token), LINKEDGE_GRPC_PORT (with LINKEDGE_HOST: the gRPC endpoint; unset or empty:
+        none) and the MQTT adapter's LINKEDGE_MQTT_* (:mod:`.mqtt_config`); a bad value, or a
         token or password file that is unreadable or empty, raises ValueError naming the
         variable."""
         from .mqtt_config import MqttSettings  # it imports this module
@@ -94,4 +107,5 @@ class ServingConfig:
             ),
             api_token=None if token_file is None else read_token_file(Path(token_file.strip())),
             mqtt=MqttSettings.from_env(env),
+            grpc_address=grpc_address_env(env),
         )

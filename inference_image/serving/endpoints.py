@@ -65,7 +65,8 @@ class PredictionEndpoints:
         if not self.model.ready:
             raise PayloadError(f"model not ready: {self.model.not_ready_reason}", status=503)
 
-    def _predict(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and "pos" flags for validated rows, counted in the metrics."""
         probabilities, positive = self.model.predict(rows)
         n_positive = int(np.count_nonzero(positive))
         self.metrics.count_predictions(n_positive, len(positive) - n_positive)
@@ -108,12 +109,12 @@ class PredictionEndpoints:
     def _predict_group(self, group: list[tuple[int, np.ndarray]], results: list[Any]) -> None:
         if len(group) == 1:
             index, rows = group[0]
-            probabilities, positive = self._predict(rows)
+            probabilities, positive = self.predict_rows(rows)
             results[index] = Prediction(
                 self.encoder.predictions(probabilities, positive), probabilities, positive
             )
             return
-        probabilities, positive = self._predict(np.concatenate([rows for _, rows in group]))
+        probabilities, positive = self.predict_rows(np.concatenate([rows for _, rows in group]))
         start = 0
         for index, rows in group:
             end = start + len(rows)
@@ -132,7 +133,7 @@ class PredictionEndpoints:
         # JSON (Content-Type application/json or none), or the binary tensor extension
         # when Inference-Header-Content-Length is present.
         parsed = self.tensors.parse(*read_infer_body(environ, self.max_body_bytes))
-        probabilities, positive = self._predict(parsed.rows)
+        probabilities, positive = self.predict_rows(parsed.rows)
         body, json_length = self.encoder.inference(parsed, probabilities, positive)
         if json_length is None:
             return body, JSON_HEADERS

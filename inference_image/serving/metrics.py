@@ -33,7 +33,8 @@ CLOSE_REASONS = (
     "error",  # the server failed the request (500), then closed
     "shutdown",  # the worker was stopping
 )
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+# "GRPC": an RPC of the gRPC endpoint (grpc_endpoints.py); its status is the gRPC code's name.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "GRPC"})
 UNMATCHED_ENDPOINT = "<unmatched>"
 LATENCY_BUCKETS = (
     0.0005,
@@ -152,13 +153,14 @@ class ServingMetrics:
             )
         self.requests = Counter(
             "linkedge_requests",
-            "HTTP requests by Flask URL rule, method and status code.",
+            "Requests by endpoint (Flask URL rule or gRPC method), method (HTTP or GRPC) and "
+            "status (HTTP status or gRPC code).",
             ("endpoint", "method", "status"),
             registry=self.registry,
         )
         self.duration = Histogram(
             "linkedge_request_duration_seconds",
-            "Time spent handling a request, by Flask URL rule.",
+            "Time spent handling a request, by Flask URL rule or gRPC method.",
             ("endpoint",),
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
@@ -179,7 +181,7 @@ class ServingMetrics:
         self.model_info.labels(model_version, bundle_sha256).set(1)
         self._positive = self.predictions.labels("pos")
         self._negative = self.predictions.labels("neg")
-        self._request_children: dict[tuple[str, str, int], Counter] = {}
+        self._request_children: dict[tuple[str, str, int | str], Counter] = {}
         self._duration_children: dict[str, Histogram] = {}
         self._mqtt: MqttMetrics | None = None
         if self.multiprocess:
@@ -188,7 +190,9 @@ class ServingMetrics:
         else:
             self._exposed = self.registry
 
-    def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+    def observe_request(
+        self, endpoint: str, method: str, status: int | str, seconds: float
+    ) -> None:
         if method not in KNOWN_METHODS:
             method = "OTHER"
         key = (endpoint, method, status)

@@ -30,6 +30,7 @@ from inference_image import contract
 from inference_image.bundle import BundleError, load_bundle
 
 from .config import STUCK_WORKER_GRACE_SECONDS, ServingConfig, positive_int_env, tcp_port_env
+from .grpc_server import check_address
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # duplicated: importing .metrics would be too early
 DEFAULT_BUNDLE = contract.BUNDLE_DIR
@@ -185,6 +186,19 @@ def run(
             f"{contract.ENV_MQTT_HOST} needs LINKEDGE_WORKER_CLASS=keepalive (the MQTT adapter "
             f"runs in the keep-alive worker), got {worker_class!r}"
         )
+    if config.grpc_address is not None:
+        if worker_class != "keepalive":
+            raise ValueError(
+                f"{contract.ENV_GRPC_PORT} needs LINKEDGE_WORKER_CLASS=keepalive (the gRPC "
+                f"server runs in the keep-alive worker), got {worker_class!r}"
+            )
+        grpc_port = int(config.grpc_address.rpartition(":")[2])
+        if grpc_port in (port, check_port):
+            raise ValueError(
+                f"{contract.ENV_GRPC_PORT} ({grpc_port}) must differ from {contract.ENV_PORT} "
+                f"and {contract.ENV_CHECK_PORT}"
+            )
+        check_address(config.grpc_address)
     bundle_path = Path(bundle_path)
     load_bundle(bundle_path)  # fail fast, before gunicorn starts, on a missing/tampered bundle
     # libgomp spin-waits by default, which starves other workers on a loaded CPU; read
@@ -201,7 +215,8 @@ def run(
 def run_from_env(environ: Mapping[str, str] | None = None) -> None:
     """The container entrypoint: LINKEDGE_BUNDLE, LINKEDGE_HOST, LINKEDGE_PORT,
     LINKEDGE_REUSE_PORT, LINKEDGE_CHECK_PORT, LINKEDGE_WORKERS, LINKEDGE_WORKER_CLASS,
-    LINKEDGE_REQUEST_TIMEOUT, LINKEDGE_ACCESS_LOG and ServingConfig's variables. A bad setting
+    LINKEDGE_REQUEST_TIMEOUT, LINKEDGE_ACCESS_LOG and ServingConfig's variables (among them
+    LINKEDGE_GRPC_PORT). A bad setting
     or bundle exits with status 2 and a one-line message."""
     env = os.environ if environ is None else environ
     try:

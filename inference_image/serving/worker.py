@@ -50,7 +50,9 @@ request that still arrives on a kept-alive connection within ``STOP_KEEPALIVE_LI
 
 With LINKEDGE_MQTT_HOST set, the worker also runs the MQTT adapter (:mod:`.mqtt_adapter`)
 in a thread of its own, with the same app objects; on SIGTERM it is told to stop first and
-finishes (answers what it took, disconnects) while HTTP requests finish here.
+finishes (answers what it took, disconnects) while HTTP requests finish here. With
+LINKEDGE_GRPC_PORT set, it also runs a gRPC server (:mod:`.grpc_server`, started before the
+worker counts as booted); on SIGTERM it stops taking RPCs and those in flight finish.
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ ACCEPT_PAUSE = 0.002  # seconds; see the module docstring
 BALANCED_CONNECTIONS = 2  # a worker holding more accepts without pausing
 HEARTBEAT_SECONDS = 1.0  # tell the arbiter we are alive at least this often while serving
 STOP_KEEPALIVE_LINGER = 2.0  # seconds a stopping worker keeps idle kept-alive connections
-MQTT_STOP_MARGIN = 1.0  # the MQTT adapter finishes this long before gunicorn's graceful_timeout
+# The MQTT adapter and the gRPC server finish this long before gunicorn's graceful_timeout.
+MQTT_STOP_MARGIN = 1.0
 LINGER_SECONDS = 2.0  # after an answer that closes: wait this long for the client's FIN...
 LINGER_BYTES = 64 * 1024  # ...discarding at most this much (RFC 9112 section 9.6)
 RECV_SIZE = 64 * 1024  # one read of a head, or of a body of unknown size
@@ -336,12 +339,17 @@ class _Listener:
 _WAKE = object()  # the poller's data for the worker's wake-up pipe (signals write to it)
 
 
+def app_config(wsgi_app: Any) -> Any:
+    """The served app's ServingConfig (create_app publishes it), or None for another app."""
+    extensions = getattr(wsgi_app, "extensions", None)
+    linkedge = extensions.get("linkedge") if isinstance(extensions, dict) else None
+    return linkedge.get("config") if isinstance(linkedge, dict) else None
+
+
 def start_mqtt(wsgi_app: Any, workers: int, logger: Any) -> Any:
     """The worker's MQTT adapter, started, when LINKEDGE_MQTT_HOST is set; else None (the
     adapter's module, and paho-mqtt, are only imported then)."""
-    extensions = getattr(wsgi_app, "extensions", None)
-    linkedge = extensions.get("linkedge") if isinstance(extensions, dict) else None
-    config = linkedge.get("config") if isinstance(linkedge, dict) else None
+    config = app_config(wsgi_app)
     if getattr(config, "mqtt", None) is None:
         return None
     from .mqtt_adapter import start_adapter
@@ -349,11 +357,20 @@ def start_mqtt(wsgi_app: Any, workers: int, logger: Any) -> Any:
     return start_adapter(wsgi_app, workers, logger)
 
 
+def start_grpc(wsgi_app: Any, logger: Any) -> Any:
+    """The worker's gRPC server, started, when LINKEDGE_GRPC_PORT is set; else None (grpcio is
+    only imported then, after the fork)."""
+    config = app_config(wsgi_app)
+    if getattr(config, "grpc_address", None) is None:
+        return None
+    from .grpc_server import start_grpc as start
+
+    return start(wsgi_app, logger)
+
+
 def body_limit(wsgi_app: Any) -> int:
     """LINKEDGE_MAX_BODY_BYTES of the served app (create_app publishes its config)."""
-    extensions = getattr(wsgi_app, "extensions", None)
-    linkedge = extensions.get("linkedge") if isinstance(extensions, dict) else None
-    config = linkedge.get("config") if isinstance(linkedge, dict) else None
+    config = app_config(wsgi_app)
     limit = getattr(config, "max_body_bytes", None)
     return limit if isinstance(limit, int) and limit > 0 else ServingConfig().max_body_bytes
 
@@ -381,6 +398,7 @@ class KeepAliveWorker(seam.WorkerBase):
         self._recv_buffer = bytearray(RECV_SIZE)
         self._recv_view = memoryview(self._recv_buffer)
         self.mqtt: Any = None  # the MQTT adapter (LINKEDGE_MQTT_HOST), see mqtt_adapter.py
+        self.grpc: Any = None  # the gRPC server (LINKEDGE_GRPC_PORT), see grpc_server.py
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
@@ -393,6 +411,11 @@ class KeepAliveWorker(seam.WorkerBase):
         self.poller = selectors.DefaultSelector()
         self.closures = ConnectionMetrics()  # after the fork: this worker's metric file
         super().init_process()  # loads the app, then runs run()
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        # Before the worker counts as booted: a gRPC port it cannot bind stops the server.
+        self.grpc = start_grpc(self.wsgi, self.log)
 
     def notify(self) -> None:
         self._notified = time.monotonic()
@@ -429,6 +452,11 @@ class KeepAliveWorker(seam.WorkerBase):
         stop_by = now + self.cfg.graceful_timeout
         if self.mqtt is not None:  # in its own thread, while HTTP finishes here
             self.mqtt.request_stop(max(0.5, self.cfg.graceful_timeout - MQTT_STOP_MARGIN))
+        grpc_stopped = None
+        if self.grpc is not None:  # its RPCs in flight finish in its threads
+            grpc_stopped = self.grpc.request_stop(
+                max(0.5, self.cfg.graceful_timeout - MQTT_STOP_MARGIN)
+            )
         for conn in self.conns:
             if conn.state == IDLE:
                 self._set_deadline(conn, min(conn.deadline, now + STOP_KEEPALIVE_LINGER))
@@ -442,6 +470,8 @@ class KeepAliveWorker(seam.WorkerBase):
             listener.close()
         if self.mqtt is not None:  # after the listeners: connections go to other servers
             self.mqtt.join(max(0.0, stop_by - time.monotonic()))
+        if grpc_stopped is not None:
+            grpc_stopped.wait(max(0.0, stop_by - time.monotonic()))
 
     def _turn(self, accepting: bool = True) -> None:
         """One turn of the event loop: wait for events (at most until the next deadline),

@@ -38,6 +38,9 @@ MODEL_CARD_FILE = "model_card.json"
 RUN_UID = 10001  # the image's USER; owner of the API token file on a truck
 API_TOKEN_MOUNT = "/run/secrets/linkedge-api-token"
 DEFAULT_PORT = 8080
+# The Open Inference Protocol's gRPC endpoint (KServe's and MLServer's default port): on in
+# the image, chosen by the module on a truck; an empty LINKEDGE_GRPC_PORT turns it off.
+DEFAULT_GRPC_PORT = 8081
 DEFAULT_SERVICE_NAME = "linkedge-inference"
 
 # Environment the server reads (set by the modules on a truck, by the builder's smoke step).
@@ -47,6 +50,7 @@ ENV_PORT = "LINKEDGE_PORT"
 ENV_CHECK_PORT = "LINKEDGE_CHECK_PORT"
 ENV_REUSE_PORT = "LINKEDGE_REUSE_PORT"
 ENV_TOKEN_FILE = "LINKEDGE_API_TOKEN_FILE"
+ENV_GRPC_PORT = "LINKEDGE_GRPC_PORT"
 
 # How a serving container runs, wherever it runs (truck, CI smoke step, bench): Docker SDK
 # keyword arguments. Limits, network and labels are the caller's.

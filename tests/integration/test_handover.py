@@ -3,7 +3,9 @@
 This is what linkedge.edge.inference_container does on a truck: the new server binds the
 service port beside the old one (LINKEDGE_REUSE_PORT=1), is checked on a port of its own
 (LINKEDGE_CHECK_PORT), then the old one is stopped gracefully. A client opening a new
-connection for every request must see no failure at any point.
+connection for every request must see no failure at any point; nor must gRPC clients, with a
+channel kept open across the handover or a new channel per request (the gRPC port is shared
+with SO_REUSEPORT the same way).
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(bundle: Path, port: int, check_port: int, log: Path) -> subprocess.Popen:
+def start_server(
+    bundle: Path, port: int, check_port: int, log: Path, grpc_port: int | None = None
+) -> subprocess.Popen:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -45,6 +49,7 @@ def start_server(bundle: Path, port: int, check_port: int, log: Path) -> subproc
         "LINKEDGE_CHECK_PORT": str(check_port),
         "LINKEDGE_REUSE_PORT": "1",
         "LINKEDGE_WORKERS": "2",
+        "LINKEDGE_GRPC_PORT": "" if grpc_port is None else str(grpc_port),
     }
     with open(log, "wb") as out:
         return subprocess.Popen(
@@ -100,21 +105,81 @@ class Prober(threading.Thread):
         self.join(timeout=10)
 
 
+class GrpcProber(threading.Thread):
+    """ModelInfer with one row, until stopped: over one channel kept open (``reuse``) or a new
+    channel per request."""
+
+    def __init__(self, port: int, row: list[float | None], reuse: bool) -> None:
+        super().__init__(daemon=True)
+        import numpy as np
+        import tritonclient.grpc.service_pb2 as service_pb2
+
+        self.target = f"127.0.0.1:{port}"
+        self.reuse = reuse
+        request = service_pb2.ModelInferRequest(model_name="aps-classifier")
+        request.inputs.add(name="input-0", datatype="FP32", shape=[1, len(row)])
+        values = np.array([np.nan if v is None else v for v in row], dtype="<f4")
+        request.raw_input_contents.append(values.tobytes())
+        self.request = request.SerializeToString()
+        self.running = threading.Event()
+        self.running.set()
+        self.requests = 0
+        self.failures: list[str] = []
+        self.labels: set[str] = set()
+
+    def run(self) -> None:
+        import grpc
+        import tritonclient.grpc.service_pb2 as service_pb2
+
+        channel = None
+        while self.running.is_set():
+            if channel is None:
+                channel = grpc.insecure_channel(self.target)
+                infer = channel.unary_unary(
+                    "/inference.GRPCInferenceService/ModelInfer",
+                    response_deserializer=service_pb2.ModelInferResponse.FromString,
+                )
+            self.requests += 1
+            try:
+                response = infer(self.request, timeout=5)
+                outputs = dict(
+                    zip(
+                        (o.name for o in response.outputs),
+                        response.raw_output_contents,
+                        strict=True,
+                    )
+                )
+                self.labels.add(outputs["label"][4:].decode())
+            except grpc.RpcError as exc:
+                self.failures.append(f"{exc.code()}: {exc.details()}")
+            if not self.reuse:
+                channel.close()
+                channel = None
+        if channel is not None:
+            channel.close()
+
+    def stop(self) -> None:
+        self.running.clear()
+        self.join(timeout=10)
+
+
 @pytest.mark.usefixtures("migrate_queued_connections")
 def test_handover_on_one_port_loses_no_request(tiny_bundle: ModelBundle, tmp_path: Path) -> None:
-    port, old_check, new_check = free_port(), free_port(), free_port()
+    pytest.importorskip("tritonclient.grpc")
+    port, old_check, new_check, grpc_port = free_port(), free_port(), free_port(), free_port()
     vector = tiny_bundle.smoke_vectors[0]
     body = json.dumps(dict(zip(tiny_bundle.feature_names, vector["inputs"], strict=True))).encode()
     old_log, new_log = tmp_path / "old.log", tmp_path / "new.log"
-    old = start_server(tiny_bundle.path, port, old_check, old_log)
+    old = start_server(tiny_bundle.path, port, old_check, old_log, grpc_port)
     new = None
-    probers = [Prober(port, body) for _ in range(3)]
+    probers: list[Prober | GrpcProber] = [Prober(port, body) for _ in range(2)]
+    probers += [GrpcProber(grpc_port, vector["inputs"], reuse) for reuse in (True, False)]
     try:
         wait_ready(old, port, old_log)
         for prober in probers:
             prober.start()
         time.sleep(0.5)
-        new = start_server(tiny_bundle.path, port, new_check, new_log)
+        new = start_server(tiny_bundle.path, port, new_check, new_log, grpc_port)
         wait_ready(new, new_check, new_log)  # its own port: it is this server that is ready
         time.sleep(0.5)  # both serve the port now
         old.send_signal(signal.SIGTERM)  # gunicorn's graceful stop: in-flight requests finish
@@ -129,9 +194,9 @@ def test_handover_on_one_port_loses_no_request(tiny_bundle: ModelBundle, tmp_pat
             if process is not None and process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=40)
+    assert all(prober.requests > 30 for prober in probers), "a prober hardly ran"
     requests_sent = sum(prober.requests for prober in probers)
     failures = [failure for prober in probers for failure in prober.failures]
-    assert requests_sent > 100, "the probers hardly ran"
     assert failures == [], f"{len(failures)} of {requests_sent} requests failed: {failures[:5]}"
     assert {label for prober in probers for label in prober.labels} == {vector["label"]}
 
