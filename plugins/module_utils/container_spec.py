@@ -27,6 +27,7 @@ import socket
 from ansible_collections.linkedge.edge.plugins.module_utils.contract import (
     API_TOKEN_MOUNT,
     ENV_CHECK_PORT,
+    ENV_GRPC_PORT,
     ENV_HOST,
     ENV_MQTT_CLIENT_ID,
     ENV_MQTT_HOST,
@@ -60,7 +61,15 @@ MQTT_ENV = (
     ENV_MQTT_CLIENT_ID,
     ENV_MQTT_STATE_DIR,
 )
-MANAGED_ENV = (ENV_HOST, ENV_PORT, ENV_CHECK_PORT, ENV_REUSE_PORT, ENV_TOKEN_FILE, *MQTT_ENV)
+MANAGED_ENV = (
+    ENV_HOST,
+    ENV_PORT,
+    ENV_CHECK_PORT,
+    ENV_REUSE_PORT,
+    ENV_TOKEN_FILE,
+    ENV_GRPC_PORT,
+    *MQTT_ENV,
+)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _ROOT_USERS = ("", "0", "root")
 
@@ -112,6 +121,14 @@ def desired_spec(params: dict, image) -> dict:
     mqtt = mqtt_spec(params.get("mqtt"))
     if mqtt is not None:  # absent otherwise: the fingerprint of a container without MQTT stays
         spec["mqtt"] = mqtt
+    grpc_port = params.get("grpc_port")
+    if grpc_port is not None:  # absent otherwise, as mqtt
+        if not 0 < grpc_port < 65536 or grpc_port == params["published_port"]:
+            raise SpecError(
+                f"grpc_port {grpc_port} must be a TCP port other than published_port "
+                f"({params['published_port']}), or null for no gRPC endpoint"
+            )
+        spec["grpc_port"] = grpc_port
     return spec
 
 
@@ -193,9 +210,9 @@ def create_kwargs(
 ) -> dict:
     """Keyword arguments for client.containers.create (Docker SDK >= 5.0).
 
-    A candidate listens on 127.0.0.1 on a free port and nowhere else; a serving container on
-    bind_address:published_port (shared with its predecessor during a switch) and on its own
-    check port on 127.0.0.1."""
+    A candidate listens on 127.0.0.1 on free ports (HTTP, and gRPC when set) and nowhere else;
+    a serving container on bind_address:published_port and bind_address:grpc_port (shared
+    with its predecessor during a switch) and on its own check port on 127.0.0.1."""
     labels = model_labels(image)
     labels.update(
         {
@@ -205,8 +222,11 @@ def create_kwargs(
         }
     )
     env = dict(spec["env"])
+    grpc_port = spec.get("grpc_port")
     if candidate:
         env.update({ENV_HOST: "127.0.0.1", ENV_PORT: str(free_local_port())})
+        # A port of its own, so a new image that cannot serve gRPC fails as a candidate.
+        env[ENV_GRPC_PORT] = "" if grpc_port is None else str(free_local_port())
     else:
         env.update(
             {
@@ -214,6 +234,8 @@ def create_kwargs(
                 ENV_PORT: str(spec["published_port"]),
                 ENV_REUSE_PORT: "1",
                 ENV_CHECK_PORT: str(free_local_port()),
+                # Empty: no gRPC, whatever the image's default (8081).
+                ENV_GRPC_PORT: "" if grpc_port is None else str(grpc_port),
             }
         )
     mounts = {}
@@ -262,6 +284,13 @@ def service_address(container) -> tuple:
     env = container_env(container)
     port = env.get(ENV_PORT)
     return env.get(ENV_HOST) or "127.0.0.1", int(port) if port else None
+
+
+def grpc_address(container) -> tuple | None:
+    """(host, port) of a container's gRPC endpoint, or None when it has none."""
+    env = container_env(container)
+    port = env.get(ENV_GRPC_PORT)
+    return (env.get(ENV_HOST) or "127.0.0.1", int(port)) if port else None
 
 
 def check_address(container) -> tuple:

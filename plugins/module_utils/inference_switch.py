@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import socket
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from ansible_collections.linkedge.edge.plugins.module_utils.container_spec impor
     check_address,
     create_kwargs,
     desired_spec,
+    grpc_address,
     is_current,
     model_labels,
 )
@@ -224,6 +226,21 @@ class InferenceSwitch:
         self.step(f"{container.name} reproduces {len(vectors[0])} smoke vectors")
         return ready_at
 
+    def _check_grpc_listens(self, container) -> None:
+        """SwitchFailed unless a ready container with a gRPC port accepts connections on it (a
+        ready server has started its gRPC side; an image without one ignores the setting)."""
+        address = grpc_address(container)
+        if address is None:
+            return
+        try:
+            socket.create_connection(address, timeout=2).close()
+        except OSError as exc:
+            raise SwitchFailed(
+                f"{container.name} does not serve gRPC on port {address[1]} ({exc}); build the "
+                "image with a LinkEdge version that serves gRPC, or set grpc_port to null"
+            ) from None
+        self.step(f"{container.name} listens for gRPC on port {address[1]}")
+
     # -- phase 1 -------------------------------------------------------------------------------
     def _candidate(self, spec: dict, image, vectors, result: dict) -> str | None:
         """None when a candidate of the new image serves correctly, else why not."""
@@ -241,6 +258,7 @@ class InferenceSwitch:
             ready_at = self._verify(
                 container, base_url(host, port), vectors, result["model_version"]
             )
+            self._check_grpc_listens(container)
             result["candidate_cold_start_seconds"] = _seconds(ready_at - started)
             return None
         except (NotReady, SwitchFailed, DockerException) as exc:

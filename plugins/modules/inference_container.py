@@ -70,12 +70,24 @@ options:
         C(Authorization: Bearer <token>); health, metadata and metrics stay open."
       - The module reads it to authenticate its own smoke checks. Never baked into the image.
     type: path
+  grpc_port:
+    description:
+      - "Serve the Open Inference Protocol over gRPC (C(inference.GRPCInferenceService)) on
+        O(bind_address):O(grpc_port) too, with the same model, the same O(api_token_file) (sent
+        as the metadata C(authorization: Bearer <token>)) and the same handover: the new
+        container binds the port beside the old one, which stops taking new connections, lets
+        its clients reconnect to the new one, and only then stops."
+      - A candidate serves gRPC on a free local port and must accept connections on it, so an
+        image that cannot serve gRPC is rolled back before the serving container is touched.
+      - Omit (null) for no gRPC endpoint (also for images built before LinkEdge served gRPC).
+    type: int
+    version_added: 0.5.0
   env:
     description:
       - Environment variables for the container (C(LINKEDGE_WORKERS) and others).
       - C(LINKEDGE_HOST), C(LINKEDGE_PORT), C(LINKEDGE_CHECK_PORT), C(LINKEDGE_REUSE_PORT),
-        C(LINKEDGE_API_TOKEN_FILE) and the C(LINKEDGE_MQTT_*) variables are set by the module
-        and refused here.
+        C(LINKEDGE_API_TOKEN_FILE), C(LINKEDGE_GRPC_PORT) and the C(LINKEDGE_MQTT_*) variables
+        are set by the module and refused here.
     type: dict
     default: {}
   mqtt:
@@ -193,6 +205,12 @@ EXAMPLES = r"""
     env:
       LINKEDGE_WORKERS: "2"
   register: serving
+
+- name: Serve the release over HTTP and the OIP gRPC protocol, with a token
+  linkedge.edge.inference_container:
+    image: linkedge/aps-classifier:1.4.0
+    grpc_port: 8081
+    api_token_file: /etc/linkedge/api-token
 
 - name: Serve the release over HTTP and on the truck's MQTT bus
   linkedge.edge.inference_container:
@@ -317,6 +335,7 @@ ARGUMENT_SPEC = dict(
     published_port=dict(type="int", default=8080),
     bind_address=dict(type="str", default="127.0.0.1"),
     api_token_file=dict(type="path"),
+    grpc_port=dict(type="int"),
     env=dict(type="dict", default={}),
     mqtt=dict(
         type="dict",

@@ -12,6 +12,7 @@ import pytest
 
 from inference_image.image.smoke import http_json
 
+from .conftest import _derive
 from .run_module import free_port, run_module
 
 pytestmark = pytest.mark.docker
@@ -323,3 +324,87 @@ def test_api_token_file_protects_predictions_and_a_new_token_recreates(
     refused = deploy(service, images.v1, port, api_token_file=str(empty))
     assert refused.failed and "is empty" in refused.result["msg"]
     assert _predict_status(port, "second-token-9876543210") == 400  # still serving
+
+
+@pytest.mark.usefixtures("migrate_queued_connections")
+def test_grpc_port_serves_oip_grpc_with_the_token_and_switches_without_a_failure(
+    docker_client, images, service, tmp_path
+):
+    grpc = pytest.importorskip("grpc")
+    service_pb2 = pytest.importorskip("tritonclient.grpc.service_pb2")
+    token_file = tmp_path / "token"
+    token_file.write_text("grpc-module-token\n")
+    token_file.chmod(0o444)
+    port, grpc_port = free_port(), free_port()
+    first = deploy(service, images.v1, port, grpc_port=grpc_port, api_token_file=str(token_file))
+    assert first["outcome"] == "updated", first.result
+    env = dict(
+        e.split("=", 1) for e in docker_client.containers.get(service).attrs["Config"]["Env"]
+    )
+    assert env["LINKEDGE_GRPC_PORT"] == str(grpc_port)
+
+    request = service_pb2.ModelInferRequest(model_name="aps-classifier")
+    request.inputs.add(name="input-0", datatype="FP32", shape=[1, 170])
+    request.raw_input_contents.append(b"\x00" * 680)
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+    infer = channel.unary_unary(
+        "/inference.GRPCInferenceService/ModelInfer",
+        request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+        response_deserializer=service_pb2.ModelInferResponse.FromString,
+    )
+    metadata = [("authorization", "Bearer grpc-module-token")]
+    with pytest.raises(grpc.RpcError) as refused:
+        infer(request, timeout=5)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert infer(request, metadata=metadata, timeout=5).model_version == images.v1.version
+
+    versions: list[str] = []
+    failures: list[str] = []
+    running = threading.Event()
+    running.set()
+
+    def probe() -> None:  # one channel kept open across the switch, as tritonclient keeps it
+        while running.is_set():
+            try:
+                versions.append(infer(request, metadata=metadata, timeout=5).model_version)
+            except grpc.RpcError as exc:
+                failures.append(f"{exc.code()}: {exc.details()}")
+
+    prober = threading.Thread(target=probe, daemon=True)
+    prober.start()
+    try:
+        time.sleep(0.5)
+        switch = deploy(
+            service, images.v2, port, grpc_port=grpc_port, api_token_file=str(token_file)
+        )
+        time.sleep(1.0)
+    finally:
+        running.clear()
+        prober.join(timeout=10)
+        channel.close()
+    assert switch["outcome"] == "updated", switch.result
+    assert any("listens for gRPC" in step for step in switch["steps"]), switch["steps"]
+    assert failures == [], failures[:5]
+    assert versions[0] == images.v1.version and versions[-1] == images.v2.version
+    assert set(versions) == {images.v1.version, images.v2.version}
+
+
+def test_an_image_that_cannot_serve_grpc_is_refused_as_a_candidate(docker_client, images, service):
+    # As an image built before LinkEdge served gRPC: it ignores LINKEDGE_GRPC_PORT.
+    no_grpc = _derive(
+        docker_client,
+        images.v2,
+        f"{images.v2.tag}-nogrpc",
+        'ENTRYPOINT ["env", "LINKEDGE_GRPC_PORT=", "python3", "-m", "inference_image", "serve"]\n',
+    )
+    try:
+        port, grpc_port = free_port(), free_port()
+        assert deploy(service, images.v1, port, grpc_port=grpc_port)["outcome"] == "updated"
+        run = deploy(service, no_grpc, port, grpc_port=grpc_port)
+        assert run.failed and run["outcome"] == "rolled_back", run.result
+        assert "does not serve gRPC" in run["reason"] and not run["changed"]
+        assert served_version(port) == images.v1.version
+    finally:
+        for container in containers_of(docker_client, service).values():
+            container.remove(force=True)
+        docker_client.images.remove(no_grpc.tag, force=True)

@@ -1,5 +1,7 @@
 """Role inference_service: the release serves, hardened, and answers exactly its smoke vectors."""
 
+import json
+import shlex
 import struct
 
 from conftest import SERVICE, inspect, truck_http
@@ -88,3 +90,59 @@ def test_model_metadata_names_the_version(truck, expected):
     status, body = truck_http(truck, "GET", "/v2/models/aps-classifier")
     assert status == 200
     assert body["versions"] == [expected.model_version]
+
+
+GRPC_CLIENT = """
+import json, sys
+import grpc, numpy as np
+from inference_image.serving import grpc_schema
+rows = np.array(json.loads(sys.argv[1]), dtype="<f4")
+request = grpc_schema.ModelInferRequest(model_name="aps-classifier")
+request.inputs.add(name="input-0", datatype="FP32", shape=list(rows.shape))
+request.raw_input_contents.append(rows.tobytes())
+token = open("/run/secrets/linkedge-api-token").read().strip()
+with grpc.insecure_channel("127.0.0.1:8081") as channel:
+    infer = channel.unary_unary(
+        "/inference.GRPCInferenceService/ModelInfer",
+        request_serializer=grpc_schema.ModelInferRequest.SerializeToString,
+        response_deserializer=grpc_schema.ModelInferResponse.FromString,
+    )
+    try:
+        infer(request, timeout=10)
+        refused = "OK"
+    except grpc.RpcError as exc:
+        refused = exc.code().name
+    answer = infer(request, metadata=[("authorization", "Bearer " + token)], timeout=10)
+outputs = dict(zip([o.name for o in answer.outputs], answer.raw_output_contents))
+labels, raw = [], outputs["label"]
+while raw:
+    size = int.from_bytes(raw[:4], "little")
+    labels.append(raw[4 : 4 + size].decode())
+    raw = raw[4 + size :]
+print(json.dumps({
+    "without_token": refused,
+    "version": answer.model_version,
+    "labels": labels,
+    "probabilities": np.frombuffer(outputs["probability"], dtype="<f4").tolist(),
+}))
+"""
+
+
+def test_grpc_model_infer_returns_exactly_the_smoke_vectors(host, expected):
+    """The OIP gRPC endpoint on the truck's 127.0.0.1:8081 (inference_service_grpc_port), with
+    the token as metadata; the client is grpcio in the serving image itself."""
+    container = inspect(host, SERVICE)
+    assert "LINKEDGE_GRPC_PORT=8081" in container["Config"]["Env"]
+    rows = [[float("nan") if x is None else x for x in v["inputs"]] for v in expected.smoke_vectors]
+    client = shlex.quote(GRPC_CLIENT)
+    answer = json.loads(
+        host.check_output(
+            f"docker exec {SERVICE} python3 -c {client} {shlex.quote(json.dumps(rows))}"
+        )
+    )
+    assert answer["without_token"] == "UNAUTHENTICATED"
+    assert answer["version"] == expected.model_version
+    assert answer["labels"] == [v["label"] for v in expected.smoke_vectors]
+    assert [f32(p) for p in answer["probabilities"]] == [
+        f32(v["probability"]) for v in expected.smoke_vectors
+    ]
