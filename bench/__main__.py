@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 from .broker import BrokerError
+from .grpc_case import GrpcBench
+from .grpc_report import grpc_markdown
 from .mqtt import MqttBench, mqtt_markdown
 from .report import markdown, slow_clients_markdown, soak_markdown
 from .resilience import SlowClientBench, SoakBench
@@ -21,7 +23,10 @@ from .servers import ServerError
 from .tools import REPO, BenchSetupError, bench_python, ensure_bench_venv, ensure_wrk, log
 
 DEFAULT_OUT = REPO / "bench" / "results"
-SPECIAL_CASES = ("slow-clients", "soak", "mqtt")  # not throughput cases: resilience.py, mqtt.py
+# not throughput cases: resilience.py, mqtt.py, grpc_case.py
+SPECIAL_CASES = ("slow-clients", "soak", "mqtt", "grpc")
+GRPC_SECONDS = 6.0  # --case grpc: per case and server (3 rounds of 2 s; 6 cases, 3 targets)
+GRPC_QUIET_WAIT = 20.0  # --case grpc: per case, at most
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,7 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="latest.json/.png/.md")
     parser.add_argument("--smoke", action="store_true", help="a few seconds, to test the bench")
-    parser.add_argument("--seconds", type=float, help="per case and server (default 12, smoke 1)")
+    parser.add_argument(
+        "--seconds", type=float, help="per case and server (default 12, grpc 6, smoke 1)"
+    )
     parser.add_argument(
         "--rounds", type=int, help="interleaved rounds per case; median kept (default 3)"
     )
@@ -45,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quiet-wait",
         type=float,
         help="before each case, wait up to this many seconds for other work on the machine "
-        "to fall under 0.3 cores (default 90, smoke 0)",
+        "to fall under 0.3 cores (default 90, grpc 20, smoke 0)",
     )
     parser.add_argument(
         "--no-mlserver", action="store_true", help="LinkEdge only (default in --smoke)"
@@ -121,7 +128,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="mqtt: messages per case on the durable broker, at most (default 2000, smoke 200)",
     )
+    parser.add_argument(
+        "--grpc-concurrency",
+        help="grpc: requests in flight per case, comma-separated (default 1,4,16; smoke 2)",
+    )
+    parser.add_argument(
+        "--grpc-channels",
+        type=int,
+        default=8,
+        help="grpc: channels (HTTP/2 connections) at most, min(in flight, this) (default 8)",
+    )
     return parser.parse_args(argv)
+
+
+def numbers(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(item) for item in text.split(",")) if text else default
 
 
 def build(image: str, bundle: Path) -> None:
@@ -148,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     with_mlserver = (args.mlserver or not smoke) and not args.no_mlserver
     if special in (["soak"], ["mqtt"]):
         with_mlserver = False  # the soak is about LinkEdge's own memory; MQTT is LinkEdge's
-    plot = not args.no_plot and special != ["mqtt"]  # plot.py has no MQTT figure
+    grpc = special == ["grpc"]
+    plot = not args.no_plot and special not in (["mqtt"], ["grpc"])  # plot.py: neither
     try:
         if args.build:
             build(args.image, args.bundle)
@@ -158,11 +180,13 @@ def main(argv: list[str] | None = None) -> int:
             image=args.image,
             bundle=args.bundle,
             mode="smoke" if smoke else "full",
-            seconds=args.seconds or (1.0 if smoke else 12.0),
+            seconds=args.seconds or (1.0 if smoke else GRPC_SECONDS if grpc else 12.0),
             rounds=args.rounds or (1 if smoke else 3),
             warmup_seconds=args.warmup if args.warmup is not None else (0.0 if smoke else 2.0),
             cold_starts=args.cold_starts or (1 if smoke else 5),
-            quiet_wait=args.quiet_wait if args.quiet_wait is not None else (0.0 if smoke else 90.0),
+            quiet_wait=args.quiet_wait
+            if args.quiet_wait is not None
+            else (0.0 if smoke else GRPC_QUIET_WAIT if grpc else 90.0),
             mlserver_venv=venv if with_mlserver else None,
             cases=tuple(args.case),
             slow_seconds=args.slow_seconds or (4.0 if smoke else 40.0),
@@ -178,10 +202,15 @@ def main(argv: list[str] | None = None) -> int:
             mqtt_batch_rate=args.mqtt_batch_rate or (20.0 if smoke else 400.0),
             mqtt_periodic_changes=args.mqtt_periodic_changes,
             mqtt_durable_messages=args.mqtt_durable_messages or (200 if smoke else 2000),
+            grpc_concurrency=numbers(args.grpc_concurrency, (2,) if smoke else (1, 4, 16)),
+            grpc_channels=args.grpc_channels,
         )
-        runner = {"slow-clients": SlowClientBench, "soak": SoakBench, "mqtt": MqttBench}.get(
-            special[0] if special else "", Bench
-        )
+        runner = {
+            "slow-clients": SlowClientBench,
+            "soak": SoakBench,
+            "mqtt": MqttBench,
+            "grpc": GrpcBench,
+        }.get(special[0] if special else "", Bench)
         report = runner(settings, wrk).run()
     except (
         BenchSetupError,
@@ -201,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "slow-clients": slow_clients_markdown,
         "soak": soak_markdown,
         "mqtt": mqtt_markdown,
+        "grpc": grpc_markdown,
     }.get(name, markdown)
     table = render(report)
     (args.out / f"{name}.md").write_text(table)

@@ -55,6 +55,10 @@ class Settings:
     mqtt_batch_rate: float = 400.0  # batch messages per second
     mqtt_periodic_changes: int = 1000  # the "periodic" broker saves every N changes
     mqtt_durable_messages: int = 2000  # per case on the durable broker (~200 messages/s)
+    # --case grpc (bench/grpc_case.py)
+    grpc_rows: tuple[int, ...] = (1, 100)  # rows per ModelInfer request
+    grpc_concurrency: tuple[int, ...] = (1, 4, 16)  # requests in flight
+    grpc_channels: int = 8  # channels (HTTP/2 connections) at most: min(in flight, this)
 
 
 def image_size_mb(image: str) -> float:
@@ -297,7 +301,7 @@ class Bench:
             if unknown:
                 raise ValueError(
                     f"no such {settings.mode} case: {', '.join(unknown)} "
-                    f"(cases: {', '.join(sorted(known))}, slow-clients, soak, mqtt)"
+                    f"(cases: {', '.join(sorted(known))}, slow-clients, soak, mqtt, grpc)"
                 )
             cases = [case for case in cases if case.key in settings.cases]
         report = self.header(bundle.version)

@@ -20,7 +20,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from inference_image.contract import ENV_HOST, ENV_PORT, MODEL_NAME, hardened_run_flags
+from inference_image.contract import (
+    ENV_GRPC_PORT,
+    ENV_HOST,
+    ENV_PORT,
+    MODEL_NAME,
+    hardened_run_flags,
+)
 
 from .procs import process_tree
 
@@ -48,7 +54,12 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
 
 
 class LinkEdgeContainer:
-    """``docker run`` of the image, hardened, 2 gunicorn workers."""
+    """``docker run`` of the image, hardened, 2 gunicorn workers.
+
+    Both ports are free ports chosen at start and passed explicitly (LINKEDGE_PORT,
+    LINKEDGE_GRPC_PORT): on the host's network the image's defaults (8080, 8081) would clash
+    with another container or a server on the machine. ``env`` may still override them
+    (an empty LINKEDGE_GRPC_PORT: no gRPC)."""
 
     kind = "linkedge"
 
@@ -68,6 +79,7 @@ class LinkEdgeContainer:
         self.env = dict(env or {})  # more --env (e.g. LINKEDGE_MQTT_*)
         self.mounts = list(mounts or [])  # (host path, container path, read-only)
         self.port = 0
+        self.grpc_port = 0
         self.container_id: str | None = None
         self.root_pid = 0
         self.cold_start_seconds = 0.0
@@ -75,6 +87,10 @@ class LinkEdgeContainer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     def run_command(self) -> list[str]:
         return [
@@ -86,6 +102,7 @@ class LinkEdgeContainer:
             "--label=io.linkedge.bench=1",
             f"--env={ENV_HOST}=127.0.0.1",
             f"--env={ENV_PORT}={self.port}",
+            f"--env={ENV_GRPC_PORT}={self.grpc_port}",
             f"--env=LINKEDGE_WORKERS={self.workers}",
             *(f"--env={name}={value}" for name, value in self.env.items()),
             *(
@@ -98,6 +115,7 @@ class LinkEdgeContainer:
     def start(self) -> float:
         """Run the container; return seconds from ``docker run`` to /v2/health/ready = 200."""
         self.port = free_port()
+        self.grpc_port = free_port()
         started = time.monotonic()
         result = subprocess.run(self.run_command(), capture_output=True, text=True)
         if result.returncode != 0:
@@ -177,6 +195,7 @@ class MLServerProcess:
         self.workers = workers
         self.threads_per_worker = threads_per_worker
         self.port = 0
+        self.grpc_port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.root_pid = 0
         self.cold_start_seconds = 0.0
@@ -185,11 +204,15 @@ class MLServerProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
     def settings(self) -> dict[str, object]:
         return {
             "host": "127.0.0.1",
             "http_port": self.port,
-            "grpc_port": free_port(),
+            "grpc_port": self.grpc_port,
             "metrics_port": free_port(),
             "parallel_workers": self.workers,
             "debug": False,  # no access log, as LinkEdge's default
@@ -207,6 +230,7 @@ class MLServerProcess:
             shutil.rmtree(self.workdir)
         self.workdir.mkdir(parents=True)
         self.port = free_port()
+        self.grpc_port = free_port()
         (self.workdir / "settings.json").write_text(json.dumps(self.settings()))
         (self.workdir / "model-settings.json").write_text(json.dumps(self.model_settings()))
         env = {

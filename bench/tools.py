@@ -55,11 +55,18 @@ def bench_python(venv: Path = BENCH_VENV) -> Path:
     return venv / "bin" / "python"
 
 
+def bench_venv_ready(venv: Path = BENCH_VENV) -> bool:
+    """build/bench-venv holds BENCH_REQUIREMENTS already (nothing to install)."""
+    marker = venv / ".linkedge-bench-installed"
+    wanted = "\n".join(BENCH_REQUIREMENTS) + "\n"
+    return marker.exists() and marker.read_text() == wanted and bench_python(venv).exists()
+
+
 def ensure_bench_venv(venv: Path = BENCH_VENV) -> Path:
     """build/bench-venv with MLServer, mlserver-xgboost and matplotlib (pip, PyPI)."""
     marker = venv / ".linkedge-bench-installed"
     wanted = "\n".join(BENCH_REQUIREMENTS) + "\n"
-    if marker.exists() and marker.read_text() == wanted:
+    if bench_venv_ready(venv):
         return venv
     if not bench_python(venv).exists():
         log(f"creating {venv}")

@@ -91,6 +91,14 @@ def check(server: str, base_url: str, body: Body) -> None:
         probabilities, labels = answers(server, body, headers, data)
     except (KeyError, ValueError, TypeError) as exc:
         raise WrongAnswer(f"{where}: malformed answer ({exc!r}): {data[:300]!r}") from None
+    check_answers(where, probabilities, labels, body)
+
+
+def check_answers(
+    where: str, probabilities: np.ndarray, labels: list[str] | None, body: Body
+) -> None:
+    """WrongAnswer unless every row's probability (within TOLERANCE) and label (when the
+    server sends labels) are ``body``'s expected ones."""
     if probabilities.shape != body.probabilities.shape:
         raise WrongAnswer(
             f"{where}: {probabilities.size} probabilities for {body.probabilities.size} rows"

@@ -244,6 +244,11 @@ BENCH_CASES = (
         "Predictions over MQTT beside HTTP (`python -m bench --case mqtt`)",
         "mqtt:mqtt_markdown",
     ),
+    (
+        "grpc",
+        "Open Inference Protocol over gRPC: LinkEdge vs MLServer (`python -m bench --case grpc`)",
+        "grpc_report:grpc_markdown",
+    ),
 )
 
 
@@ -286,12 +291,24 @@ def release_section(source: Source) -> list[str]:
     rows: list[tuple[str, str]] = [
         ("model version", str(manifest.get("version", "-"))),
         ("training data", value_text(train) if train else "-"),
-        ("out-of-fold cost ratio (nested CV; 1.0 = predicting all negative)",
+        ("cost ratio, repeated nested CV mean (1.0 = predicting all negative)",
          value_text(manifest.get("cost_ratio"))),
+        ("its standard deviation across repetitions", value_text(manifest.get("cost_ratio_std"))),
     ]  # fmt: skip
+    repeated = metrics.get("repeated_cv")
+    if repeated:
+        rows.append(("repeated nested CV", str(repeated.get("method", "-"))))
+        rows.append(
+            (
+                "cost ratio per repetition",
+                ", ".join(f"{rep['cost_ratio']:.4f}" for rep in repeated.get("per_repetition", [])),
+            )
+        )
+        rows.append(("95 % interval of the mean", value_text(repeated.get("cost_ratio_ci95"))))
+        rows.append(("training + evaluation, s", value_text(repeated.get("seconds"))))
     if metrics.get("out_of_fold"):
         oof = {k: v for k, v in metrics["out_of_fold"].items() if k != "fold_thresholds"}
-        rows.append(("out-of-fold confusion and cost", value_text(oof)))
+        rows.append(("out-of-fold confusion and cost (repetition 0)", value_text(oof)))
     if metrics.get("test"):
         rows.append(("official test set", value_text(metrics["test"])))
     rows += [

@@ -120,3 +120,49 @@ def test_mqtt_smoke_run_records_every_figure(built_image, real_bundle, tmp_path:
     table = (tmp_path / "mqtt.md").read_text()
     assert table.startswith("| case |") and "all answers correct" in table
     assert "HTTP 1 record" in table and table in result.stdout
+
+
+def test_grpc_smoke_run_records_every_figure(built_image, real_bundle, tmp_path: Path) -> None:
+    """``--case grpc --smoke``: ModelInfer over gRPC (bench/grpc_load.py) for 1 record and
+    100 rows beside LinkEdge's HTTP binary figure, and MLServer's gRPC when build/bench-venv
+    is there already; every answer verified, no error."""
+    pytest.importorskip("grpc")
+    from bench.tools import bench_venv_ready
+
+    with_mlserver = bench_venv_ready()
+    extra = ("--mlserver",) if with_mlserver else ()
+    result = run_bench(built_image.tag, real_bundle.path, tmp_path, "--case", "grpc", *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "grpc.json").read_text())
+    assert report["ok"] is True and report["case"] == "grpc" and report["mode"] == "smoke"
+    assert report["verification"]["failures"] == []
+    # HTTP and gRPC smoke vectors before and after, each body's gRPC and HTTP answer
+    assert report["verification"]["checks"] >= 8
+    expected = {"linkedge-grpc", "linkedge-http"} | (
+        {"mlserver-1t-grpc"} if with_mlserver else set()
+    )
+    cases = {case["key"]: case for case in report["grpc_cases"]}
+    assert set(cases) == {"single-c2", "batch-100-c2"}
+    for case in cases.values():
+        assert case["concurrency"] == 2 and case["channels"] == 2
+        assert set(case["results"]) == expected
+        for key, figures in case["results"].items():
+            assert figures["requests"] > 0 and figures["requests_per_s"] > 0
+            expected_rows = figures["requests_per_s"] * case["rows"]
+            assert figures["rows_per_s"] == pytest.approx(expected_rows, rel=1e-3)
+            latency = figures["latency_ms"]
+            assert 0 < latency["p50"] <= latency["p99"] <= latency["max"]
+            assert figures["server_cpu_us_per_request"] > 0
+            if key.endswith("-grpc"):
+                assert figures["client"] == "python-grpcio"
+                assert figures["errors"] == {} and figures["mismatched"] == 0
+                assert figures["client_cpu_cores"] > 0
+            else:
+                assert figures["client"] == "wrk" and figures["non_2xx"] == 0
+    server = report["servers"]["linkedge"]
+    assert server["grpc_port"] > 0 and len(server["memory_after_load"]["processes"]) == 3
+    if with_mlserver:
+        assert set(report["ratios"]) == set(cases)
+    table = (tmp_path / "grpc.md").read_text()
+    assert table.startswith("| rows |") and "all answers correct" in table
+    assert "caps the absolute gRPC figures" in table and table in result.stdout
