@@ -188,10 +188,17 @@ def complete_manifest(
                 f"{manifest['bundle_sha256']}: put the bundle the image was built from there"
             )
         card = bundle.card
+    metrics = card.get("metrics") or {}
+    repeated = metrics.get("repeated_cv") or {}
     return {
         **manifest,
         "name": card.get("name", manifest.get("name")),
-        "cost_ratio": ((card.get("metrics") or {}).get("out_of_fold") or {}).get("cost_ratio"),
+        # The repeated nested CV's mean and spread (what the gate judged); a card from before
+        # it has only the single nested CV (out_of_fold).
+        "cost_ratio": repeated.get(
+            "cost_ratio_mean", (metrics.get("out_of_fold") or {}).get("cost_ratio")
+        ),
+        "cost_ratio_std": repeated.get("cost_ratio_std"),
         "source_commit": source_commit(),
         **provenance,
         "files": release_files(release_dir, manifest["archive"]),

@@ -13,20 +13,33 @@ pytestmark = pytest.mark.docker
 MAX_IMAGE_BYTES = 300 * 1000 * 1000
 
 
-# Measured 0.080 on the shared 7,000-row sample (mean 0.088 over seeds 42, 7, 11); an
-# all-negative model scores 1.0. The gate catches real regressions without sitting on noise.
-MAX_OUT_OF_FOLD_COST_RATIO = 0.09
+# The repeated nested CV's mean on the shared 7,000-row sample: 0.0862 +- 0.0053 (5 x 5, seed
+# 42; bench/results/model-selection.md); an all-negative model scores 1.0. The release gate's
+# ceiling (image_builder_max_cost_ratio) is the same 0.09.
+MAX_COST_RATIO_MEAN = 0.09
 
 
-def test_model_card_reports_out_of_fold_cost(real_bundle):
-    oof = real_bundle.card["metrics"]["out_of_fold"]
-    train = real_bundle.card["data"]["train"]
-    assert oof["true_positives"] + oof["false_negatives"] == train["positives"]
-    assert oof["cost"] == 10 * oof["false_positives"] + 500 * oof["false_negatives"]
-    assert oof["cost_ratio"] == round(oof["cost"] / (500 * train["positives"]), 6)
-    assert oof["cost_ratio"] <= MAX_OUT_OF_FOLD_COST_RATIO
-    assert len(oof["fold_thresholds"]) == 5
-    assert real_bundle.card["data"]["train"]["sha256"]
+def test_model_card_reports_the_repeated_nested_cv_cost(real_bundle):
+    card = real_bundle.card
+    repeated = card["metrics"]["repeated_cv"]
+    train = card["data"]["train"]
+    per_repetition = repeated["per_repetition"]
+    assert len(per_repetition) == repeated["repetitions"] >= 5
+    assert repeated["outer_folds"] >= 5
+    for rep in per_repetition:  # every repetition predicts every training row once
+        assert rep["true_positives"] + rep["false_negatives"] == train["positives"]
+        assert rep["cost"] == 10 * rep["false_positives"] + 500 * rep["false_negatives"]
+        assert rep["cost_ratio"] == round(rep["cost"] / (500 * train["positives"]), 6)
+        assert len(rep["fold_thresholds"]) == repeated["outer_folds"]
+    ratios = [rep["cost_ratio"] for rep in per_repetition]
+    assert repeated["cost_ratio_mean"] == pytest.approx(sum(ratios) / len(ratios), abs=1e-6)
+    assert min(ratios) <= repeated["cost_ratio_mean"] <= max(ratios)
+    low, high = repeated["cost_ratio_ci95"]
+    assert low < repeated["cost_ratio_mean"] < high
+    assert repeated["cost_ratio_mean"] <= MAX_COST_RATIO_MEAN
+    # The single nested CV kept for older readers is repetition 0.
+    assert card["metrics"]["out_of_fold"]["cost"] == per_repetition[0]["cost"]
+    assert train["sha256"]
 
 
 def test_serves_exactly_the_smoke_vectors(service, real_bundle):
