@@ -52,33 +52,8 @@ options:
         missing; a missing file means no pointer was accepted yet.
     type: path
     default: /var/lib/linkedge/channel-state.json
-  public_key:
-    description:
-      - A trusted Ed25519 public key, as the content of a C(release-signing.pub) written by
-        C(linkedge-image keygen) (PEM C(PUBLIC KEY)) or base64 of the 32 raw bytes. Several PEM
-        blocks in one text are several trusted keys.
-      - The one-key shorthand of O(public_keys); the keys of both are trusted. At least one
-        key must be given by O(public_key), O(public_key_path) or O(public_keys).
-    type: str
-  public_key_path:
-    description: Path on the target of a file holding trusted public keys (as O(public_key)).
-    type: path
-  public_keys:
-    description:
-      - Trusted Ed25519 public keys (each as O(public_key)), for example the current and the
-        next signing key during a rotation.
-    type: list
-    elements: str
-    default: []
-  revoked_key_ids:
-    description:
-      - Key ids (sha256 hex of the raw public key, as C(keygen) prints it; a C(sha256:) prefix
-        is accepted) whose signatures are refused, even when the key is still trusted.
-    type: list
-    elements: str
-    default: []
-requirements:
-  - Python cryptography >= 2.6 on the target (C(python3-cryptography) on Debian and Ubuntu)
+extends_documentation_fragment:
+  - linkedge.edge.trust
 notes:
   - In check mode every check runs, C(changed) says whether the state would change, and
     O(state_file) is not written. A pointer or signature that is not on the target yet (not

@@ -35,31 +35,6 @@ options:
   signature:
     description: Path of the signature file on the target; default O(manifest) plus C(.sig).
     type: path
-  public_key:
-    description:
-      - A trusted Ed25519 public key, as the content of the C(release-signing.pub) written by
-        C(python -m inference_image keygen) (PEM C(PUBLIC KEY)) or base64 of the 32 raw bytes.
-        Several PEM blocks in one text are several trusted keys.
-      - The one-key shorthand of O(public_keys); the keys of both are trusted. At least one
-        key must be given by O(public_key), O(public_key_path) or O(public_keys).
-    type: str
-  public_key_path:
-    description: Path on the target of a file holding trusted public keys (as O(public_key)).
-    type: path
-  public_keys:
-    description:
-      - Trusted Ed25519 public keys (each as O(public_key)), for example the current and the
-        next signing key during a rotation.
-    type: list
-    elements: str
-    default: []
-  revoked_key_ids:
-    description:
-      - Key ids (sha256 hex of the raw public key, as C(keygen) prints it; a C(sha256:) prefix
-        is accepted) whose signatures are refused, even when the key is still trusted.
-    type: list
-    elements: str
-    default: []
   manifest_sha256:
     description:
       - The sha256 the manifest must have, from the channel pointer that named it
@@ -71,8 +46,8 @@ options:
   bundle_dir:
     description: Path on the target of the release's model bundle directory (C(bundle/)).
     type: path
-requirements:
-  - Python cryptography >= 2.6 on the target (C(python3-cryptography) on Debian and Ubuntu)
+extends_documentation_fragment:
+  - linkedge.edge.trust
 notes:
   - Every refusal is a failure whose C(msg) says what was wrong and what to do, and whose
     C(reason) says it for machines - V(missing), V(malformed), V(bad_signature),

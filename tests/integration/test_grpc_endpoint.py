@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from inference_image.bundle import ModelBundle
 from inference_image.data import REQUEST_SAMPLE_FILE, load_aps_csv
 
+from .oip_answers import predict_with_null
 from .test_gunicorn_server import Server, free_port
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -89,21 +90,6 @@ def rows(aps_data_dir: Path) -> np.ndarray:
     return features
 
 
-def predict_with_null(server: Server, bundle: ModelBundle, rows: np.ndarray):
-    records = [
-        {
-            name: None if np.isnan(value) else float(value)
-            for name, value in zip(bundle.feature_names, row.tolist(), strict=True)
-        }
-        for row in rows
-    ]
-    response = requests.post(f"{server.base}/predict", json={"instances": records}, timeout=10)
-    assert response.status_code == 200, response.text
-    predictions = response.json()["predictions"]
-    probabilities = np.array([p["probability"] for p in predictions], dtype=np.float32)
-    return probabilities, [p["label"] for p in predictions]
-
-
 def http_binary_infer(server: Server, rows: np.ndarray):
     client = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
     try:
@@ -129,6 +115,23 @@ def typed_request(rows: np.ndarray, datatype: str = "FP32", **fields) -> object:
     target = tensor.contents.fp32_contents if datatype == "FP32" else tensor.contents.fp64_contents
     target.extend(rows.ravel().tolist())
     return request
+
+
+def tensor_request(
+    shape: list[int],
+    datatype: str = "FP32",
+    contents: dict[str, list] | None = None,
+    raw: list[bytes] | None = None,
+) -> object:
+    """A ModelInferRequest with one input tensor, its values typed or raw, as given."""
+    tensor = service_pb2.ModelInferRequest.InferInputTensor(
+        name="input-0", datatype=datatype, shape=shape
+    )
+    if contents is not None:
+        tensor.contents.CopyFrom(service_pb2.InferTensorContents(**contents))
+    return service_pb2.ModelInferRequest(
+        model_name=MODEL, inputs=[tensor], raw_input_contents=raw or []
+    )
 
 
 def outputs_of(response) -> tuple[np.ndarray, list[str]]:
@@ -186,7 +189,8 @@ def test_raw_tensors_give_the_answers_of_http_for_rows_with_missing_values(
     client, server, tiny_bundle, rows
 ) -> None:
     http_server, _ = server
-    expected_probabilities, expected_labels = predict_with_null(http_server, tiny_bundle, rows)
+    features = tiny_bundle.feature_names
+    expected_probabilities, expected_labels = predict_with_null(http_server.base, features, rows)
     binary_probabilities, binary_labels = http_binary_infer(http_server, rows)
     np.testing.assert_array_equal(binary_probabilities, expected_probabilities)
     for datatype, values in (("FP32", rows), ("FP64", rows.astype(np.float64))):
@@ -200,7 +204,8 @@ def test_raw_tensors_give_the_answers_of_http_for_rows_with_missing_values(
 
 
 def test_typed_contents_give_the_same_answers(stub, server, tiny_bundle, rows) -> None:
-    expected_probabilities, expected_labels = predict_with_null(server[0], tiny_bundle, rows)
+    features = tiny_bundle.feature_names
+    expected_probabilities, expected_labels = predict_with_null(server[0].base, features, rows)
     for datatype in ("FP32", "FP64"):
         response = stub.ModelInfer(typed_request(rows, datatype))
         probabilities, labels = outputs_of(response)
@@ -241,67 +246,20 @@ def test_bad_requests_get_the_status_code_that_names_the_problem(client, stub, r
     cases = {
         "wrong width": (typed_request(rows[:1, :169]), "shape: expected [N, 170]"),
         "count off": (
-            service_pb2.ModelInferRequest(
-                model_name=MODEL,
-                inputs=[
-                    service_pb2.ModelInferRequest.InferInputTensor(
-                        name="input-0",
-                        datatype="FP32",
-                        shape=[2, 170],
-                        contents=service_pb2.InferTensorContents(fp32_contents=[0.0] * 170),
-                    )
-                ],
-            ),
+            tensor_request([2, 170], contents={"fp32_contents": [0.0] * 170}),
             "fp32_contents: expected 340 values for shape [2, 170], got 170",
         ),
         "wrong contents field": (
-            service_pb2.ModelInferRequest(
-                model_name=MODEL,
-                inputs=[
-                    service_pb2.ModelInferRequest.InferInputTensor(
-                        name="input-0",
-                        datatype="FP32",
-                        shape=[1, 170],
-                        contents=service_pb2.InferTensorContents(fp64_contents=[0.0] * 170),
-                    )
-                ],
-            ),
+            tensor_request([1, 170], contents={"fp64_contents": [0.0] * 170}),
             "values go in fp32_contents, got fp64_contents",
         ),
         "unsupported datatype": (
-            service_pb2.ModelInferRequest(
-                model_name=MODEL,
-                inputs=[
-                    service_pb2.ModelInferRequest.InferInputTensor(
-                        name="input-0", datatype="INT32", shape=[1, 170]
-                    )
-                ],
-                raw_input_contents=[b"\x00" * 680],
-            ),
+            tensor_request([1, 170], "INT32", raw=[b"\x00" * 680]),
             "unsupported datatype 'INT32'",
         ),
-        "raw size": (
-            service_pb2.ModelInferRequest(
-                model_name=MODEL,
-                inputs=[
-                    service_pb2.ModelInferRequest.InferInputTensor(
-                        name="input-0", datatype="FP32", shape=[1, 170]
-                    )
-                ],
-                raw_input_contents=[b"\x00" * 676],
-            ),
-            "take 680 bytes, got 676",
-        ),
+        "raw size": (tensor_request([1, 170], raw=[b"\x00" * 676]), "take 680 bytes, got 676"),
         "raw count": (
-            service_pb2.ModelInferRequest(
-                model_name=MODEL,
-                inputs=[
-                    service_pb2.ModelInferRequest.InferInputTensor(
-                        name="input-0", datatype="FP32", shape=[1, 170]
-                    )
-                ],
-                raw_input_contents=[b"\x00" * 680, b"\x00"],
-            ),
+            tensor_request([1, 170], raw=[b"\x00" * 680, b"\x00"]),
             "raw_input_contents: 2 entries for 1 inputs",
         ),
         "no inputs": (

@@ -75,92 +75,94 @@ def wait_ready(process: subprocess.Popen, port: int, log: Path, timeout: float =
 
 
 class Prober(threading.Thread):
-    """POSTs one record to /predict over a new connection each time, until stopped."""
+    """Sends one request after the other until stopped, counting requests and failures;
+    ``call()`` sends one and returns the label it got."""
 
-    def __init__(self, port: int, body: bytes) -> None:
+    def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.url = f"http://127.0.0.1:{port}/predict"
-        self.body = body
         self.running = threading.Event()
         self.running.set()
         self.requests = 0
         self.failures: list[str] = []
         self.labels: set[str] = set()
 
+    def call(self) -> str:
+        raise NotImplementedError
+
     def run(self) -> None:
         while self.running.is_set():
-            request = urllib.request.Request(
-                self.url, data=self.body, headers={"Content-Type": "application/json"}
-            )
             self.requests += 1
             try:
-                with urllib.request.urlopen(request, timeout=5) as answer:
-                    (prediction,) = json.loads(answer.read())["predictions"]
-                    self.labels.add(prediction["label"])
-            except (OSError, urllib.error.HTTPError, ValueError) as exc:
+                self.labels.add(self.call())
+            except Exception as exc:  # every failure counts; the test shows them
                 self.failures.append(repr(exc))
+        self.close()
+
+    def close(self) -> None:
+        pass
 
     def stop(self) -> None:
         self.running.clear()
         self.join(timeout=10)
 
 
-class GrpcProber(threading.Thread):
-    """ModelInfer with one row, until stopped: over one channel kept open (``reuse``) or a new
-    channel per request."""
+class HttpProber(Prober):
+    """POSTs one record to /predict over a new connection each time."""
+
+    def __init__(self, port: int, body: bytes) -> None:
+        super().__init__()
+        self.url = f"http://127.0.0.1:{port}/predict"
+        self.body = body
+
+    def call(self) -> str:
+        request = urllib.request.Request(
+            self.url, data=self.body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            (prediction,) = json.loads(answer.read())["predictions"]
+            return prediction["label"]
+
+
+class GrpcProber(Prober):
+    """ModelInfer with one row: over one channel kept open (``reuse``) or a new channel per
+    request."""
 
     def __init__(self, port: int, row: list[float | None], reuse: bool) -> None:
-        super().__init__(daemon=True)
+        super().__init__()
         import numpy as np
         import tritonclient.grpc.service_pb2 as service_pb2
 
         self.target = f"127.0.0.1:{port}"
         self.reuse = reuse
+        self.response_class = service_pb2.ModelInferResponse
         request = service_pb2.ModelInferRequest(model_name="aps-classifier")
         request.inputs.add(name="input-0", datatype="FP32", shape=[1, len(row)])
         values = np.array([np.nan if v is None else v for v in row], dtype="<f4")
         request.raw_input_contents.append(values.tobytes())
         self.request = request.SerializeToString()
-        self.running = threading.Event()
-        self.running.set()
-        self.requests = 0
-        self.failures: list[str] = []
-        self.labels: set[str] = set()
+        self.channel = None
 
-    def run(self) -> None:
+    def call(self) -> str:
         import grpc
-        import tritonclient.grpc.service_pb2 as service_pb2
 
-        channel = None
-        while self.running.is_set():
-            if channel is None:
-                channel = grpc.insecure_channel(self.target)
-                infer = channel.unary_unary(
-                    "/inference.GRPCInferenceService/ModelInfer",
-                    response_deserializer=service_pb2.ModelInferResponse.FromString,
-                )
-            self.requests += 1
-            try:
-                response = infer(self.request, timeout=5)
-                outputs = dict(
-                    zip(
-                        (o.name for o in response.outputs),
-                        response.raw_output_contents,
-                        strict=True,
-                    )
-                )
-                self.labels.add(outputs["label"][4:].decode())
-            except grpc.RpcError as exc:
-                self.failures.append(f"{exc.code()}: {exc.details()}")
+        if self.channel is None:
+            self.channel = grpc.insecure_channel(self.target)
+        infer = self.channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            response_deserializer=self.response_class.FromString,
+        )
+        try:
+            response = infer(self.request, timeout=5)
+        finally:
             if not self.reuse:
-                channel.close()
-                channel = None
-        if channel is not None:
-            channel.close()
+                self.close()
+        names = [output.name for output in response.outputs]
+        return dict(zip(names, response.raw_output_contents, strict=True))["label"][4:].decode()
 
-    def stop(self) -> None:
-        self.running.clear()
-        self.join(timeout=10)
+    def close(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
 
 
 @pytest.mark.usefixtures("migrate_queued_connections")
@@ -172,7 +174,7 @@ def test_handover_on_one_port_loses_no_request(tiny_bundle: ModelBundle, tmp_pat
     old_log, new_log = tmp_path / "old.log", tmp_path / "new.log"
     old = start_server(tiny_bundle.path, port, old_check, old_log, grpc_port)
     new = None
-    probers: list[Prober | GrpcProber] = [Prober(port, body) for _ in range(2)]
+    probers: list[Prober] = [HttpProber(port, body) for _ in range(2)]
     probers += [GrpcProber(grpc_port, vector["inputs"], reuse) for reuse in (True, False)]
     try:
         wait_ready(old, port, old_log)

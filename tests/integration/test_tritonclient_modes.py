@@ -18,6 +18,7 @@ import requests
 from inference_image.bundle import ModelBundle
 from inference_image.data import REQUEST_SAMPLE_FILE, load_aps_csv
 
+from .oip_answers import predict_with_null
 from .test_gunicorn_server import Server
 
 httpclient = pytest.importorskip("tritonclient.http")
@@ -58,18 +59,7 @@ def client(server: Server) -> Iterator[object]:
 @pytest.fixture(scope="module")
 def by_predict(server: Server, tiny_bundle: ModelBundle, rows: np.ndarray):
     """/predict's answers for the same rows, missing values sent as null."""
-    records = [
-        {
-            name: None if np.isnan(value) else float(value)
-            for name, value in zip(tiny_bundle.feature_names, row.tolist(), strict=True)
-        }
-        for row in rows
-    ]
-    response = requests.post(f"{server.base}/predict", json={"instances": records}, timeout=10)
-    assert response.status_code == 200, response.text
-    predictions = response.json()["predictions"]
-    probabilities = np.array([p["probability"] for p in predictions], dtype=np.float32)
-    return probabilities, [p["label"] for p in predictions]
+    return predict_with_null(server.base, tiny_bundle.feature_names, rows)
 
 
 def infer(
