@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 
 STATS_KEY = "linkedge_outcome"
@@ -102,6 +103,10 @@ def unreachable_reason(result: dict | None) -> str:
     return "unreachable: " + " ".join(message.split())[:300]
 
 
+# A machine-readable reason (``bad_signature``), not a sentence.
+REASON_CODE = re.compile(r"[a-z][a-z0-9_]*")
+
+
 def _version(facts: dict | None) -> str | None:
     return (facts or {}).get("model_version") or None
 
@@ -113,7 +118,13 @@ def _stage_reason(failed_task: str | None, message: str) -> str:
 
 
 def _failure_message(failure: dict) -> str:
-    message = failure.get("reason") or failure.get("msg") or "failed"
+    """The failed module's own words: its ``reason`` when that is a sentence (the switch's, with
+    no "rolled back: " prefix), else its ``msg`` (release_verify and channel_verify return a
+    machine-readable ``reason`` such as ``bad_signature`` beside the sentence in ``msg``)."""
+    reason = str(failure.get("reason") or "")
+    if REASON_CODE.fullmatch(reason) and failure.get("msg"):
+        reason = ""
+    message = reason or failure.get("msg") or "failed"
     return " ".join(str(message).split())
 
 

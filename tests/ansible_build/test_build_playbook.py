@@ -209,6 +209,7 @@ def run_role_ship(release_dir: Path, tmp_path: Path, name: str, port: int = 0) -
         "inference_service_prune_images": False,  # other tests' images live on this engine
         "inference_service_api_token_path": str(tmp_path / "truck" / "api-token"),
         "inference_service_port": port or free_port(),
+        "inference_service_grpc_port": free_port(),  # not 8081: other servers share this host
         "inference_service_bind_address": "127.0.0.1",
         "inference_service_name": name,
         "ansible_python_interpreter": sys.executable,

@@ -79,6 +79,19 @@ def test_a_failure_names_its_stage_and_what_still_serves(failed_task, prefix):
     assert got["bytes_transferred"] == 0 and not got["changed"]
 
 
+def test_a_refused_release_reports_the_modules_sentence_not_its_reason_code():
+    failure = {
+        "failed": True,
+        "reason": "bad_signature",
+        "msg": "signature does not match the trusted key ab12: the manifest was altered",
+    }
+    got = record(transfer=DELTA, failure=failure, failed_task="Verify | Check the signature")
+    assert got["outcome"] == "failed"
+    assert got["reason"] == (
+        "release refused: signature does not match the trusted key ab12: the manifest was altered"
+    )
+
+
 def test_a_rolled_back_switch_serves_the_previous_version():
     failure = {
         "failed": True,
