@@ -1,0 +1,736 @@
+"""Pull mode on this host: playbooks/sync.yml run with a local connection, as a truck's timer
+runs it, against a depot served by a real nginx (and a plain directory), with the real signed
+releases build/releases/v1 and v2 (scripts/molecule-releases.sh) and the real Docker engine.
+
+The scenario: v1 published -> the sync serves it; again -> unchanged, nothing fetched; the
+guard says no -> deferred; v2 published -> serves v2; an older pointer put back -> refused
+(`replayed`), v2 still serves; nginx stopped -> failed (depot_unavailable), serving untouched,
+and the next sync after the restart completes. The role edge_manager's systemd units are
+rendered by the role itself and checked with `systemd-analyze verify`.
+
+Every container and image the tests create is removed; a tag a release's `docker load` moved
+is put back on the image it named before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook", path=str(VENV_BIN)) or "ansible-playbook"
+CLI = [sys.executable, "-m", "inference_image"]
+KEYS = REPO / "build" / "keys"
+SESSION = f"lkpull{uuid.uuid4().hex[:6]}"
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sync runs as root on a truck")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def checked(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f"{result.args}\n{result.stdout[-4000:]}{result.stderr[-3000:]}"
+    return result
+
+
+def run(argv: list, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(arg) for arg in argv], capture_output=True, text=True, timeout=900, **kwargs
+    )
+
+
+def release_complete(path: Path) -> bool:
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        archive = path / manifest["archive"]
+        return (
+            archive.stat().st_size == manifest["archive_bytes"]
+            and (path / "manifest.json.sig").is_file()
+            and (path / "bundle" / "smoke_vectors.json").is_file()
+        )
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def docker_client():
+    docker = pytest.importorskip("docker")
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except Exception as exc:
+        pytest.skip(f"no Docker engine: {exc}")
+    return client
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory, docker_client) -> dict[str, Path]:
+    """v1 and v2, snapshotted (hard links) so that a rebuild elsewhere does not change them
+    under the test; yields {"v1": dir, "v2": dir} named by version in a releases/ folder."""
+    built = REPO / "build" / "releases"
+    if not all(release_complete(built / name) for name in ("v1", "v2")):
+        checked(run(["bash", "scripts/molecule-releases.sh"], cwd=REPO))
+    snapshot = tmp_path_factory.mktemp("releases")
+    out = {}
+    for name in ("v1", "v2"):
+        version = json.loads((built / name / "manifest.json").read_text())["version"]
+        target = snapshot / version
+        shutil.copytree(built / name, target, copy_function=os.link)
+        assert release_complete(target), f"{built / name} changed while it was copied"
+        out[name] = target
+    # What the releases' tags name now: a `docker load` moves them; put back afterwards.
+    tags = {}
+    for path in out.values():
+        tag = json.loads((path / "manifest.json").read_text())["image"]
+        with contextlib.suppress(Exception):
+            tags[tag] = docker_client.images.get(tag).id
+    present = {image.id for image in docker_client.images.list()}
+    yield out
+    for path in out.values():
+        image_id = json.loads((path / "manifest.json").read_text())["image_id"]
+        if image_id not in present:
+            with contextlib.suppress(Exception):
+                docker_client.images.remove(image_id, force=True)
+    for tag, image_id in tags.items():
+        repository, _, name = tag.rpartition(":")
+        with contextlib.suppress(Exception):
+            docker_client.images.get(image_id).tag(repository, name)
+
+
+class Nginx:
+    """A real nginx serving `root` on a free port of 127.0.0.1."""
+
+    def __init__(self, root: Path, work: Path):
+        self.binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.root, self.work, self.port = root, work, free_port()
+        self.process: subprocess.Popen | None = None
+        (work / "logs").mkdir(parents=True, exist_ok=True)
+        (work / "nginx.conf").write_text(
+            f"""
+user root;
+pid {work}/nginx.pid;
+error_log {work}/logs/error.log;
+worker_processes 1;
+events {{ worker_connections 64; }}
+http {{
+  access_log {work}/logs/access.log;
+  client_body_temp_path {work}/tmp;
+  proxy_temp_path {work}/tmp;
+  fastcgi_temp_path {work}/tmp;
+  uwsgi_temp_path {work}/tmp;
+  scgi_temp_path {work}/tmp;
+  server {{
+    listen 127.0.0.1:{self.port};
+    root {root};
+    # get_url sends the cached copy's mtime: 304 when the file is not newer.
+    if_modified_since before;
+    location / {{ autoindex off; }}
+  }}
+}}
+"""
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "-p", self.work, "-c", self.work / "nginx.conf", "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 1),
+            ):
+                return
+            assert self.process.poll() is None, self.process.stderr.read().decode()
+            time.sleep(0.1)
+        raise AssertionError("nginx did not listen")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+    def requests(self) -> list[str]:
+        path = self.work / "logs" / "access.log"
+        return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def nginx_binary():
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(binary).exists():
+        result = run(["apt-get", "install", "-y", "-q", "nginx-light"])
+        if result.returncode != 0 or not Path(binary).exists():
+            pytest.skip(f"nginx-light cannot be installed: {result.stderr[-300:]}")
+    return binary
+
+
+def publish(depot: Path, channel: str, release: Path) -> dict:
+    """Put the release into the depot (hard links) and point the channel at it."""
+    target = depot / "releases" / release.name
+    if not target.exists():
+        shutil.copytree(release, target, copy_function=os.link)
+    result = checked(
+        run(
+            [
+                *CLI,
+                "channel",
+                "publish",
+                "--depot",
+                depot,
+                "--channel",
+                channel,
+                "--release",
+                target,
+                "--signing-key",
+                KEYS / "release-signing.key",
+            ],
+            cwd=REPO,
+        )
+    )
+    return json.loads(result.stdout)
+
+
+class TreeMemory(threading.Thread):
+    """Peak memory of a process and its descendants (sampled every 50 ms from /proc): the sum
+    of their PSS (shared pages counted once) and of their RSS."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.pss_kb, self.rss_kb = pid, 0, 0
+        self._stop_event = threading.Event()
+
+    @staticmethod
+    def _tree(root: int) -> list[int]:
+        parents: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                    ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                    parents.setdefault(ppid, []).append(int(entry))
+        found, todo = [], [root]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo += parents.get(pid, [])
+        return found
+
+    def run(self) -> None:
+        while not self._stop_event.wait(0.05):
+            pss = rss = 0
+            for pid in self._tree(self.pid):
+                with contextlib.suppress(OSError):
+                    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                        if line.startswith("Pss:"):
+                            pss += int(line.split()[1])
+                        elif line.startswith("Rss:"):
+                            rss += int(line.split()[1])
+            self.pss_kb, self.rss_kb = max(self.pss_kb, pss), max(self.rss_kb, rss)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+class Truck:
+    """This host as a truck: the sync's variables, its own paths, a unique container."""
+
+    def __init__(self, work: Path, depot: str, docker_client):
+        self.work, self.client = work, docker_client
+        self.name = f"{SESSION}-{work.name}"[:60]
+        self.truck = f"truck-{SESSION}"
+        self.port = free_port()
+        self.vars = {
+            "edge_manager_depot": depot,
+            "edge_manager_channel": "stable",
+            "edge_manager_cache_dir": str(work / "cache"),
+            "edge_manager_state_dir": str(work / "state"),
+            "edge_manager_fetch_retries": 1,
+            "edge_manager_fetch_delay": 1,
+            "edge_manager_fetch_timeout": 10,
+            "inference_service_release_public_key": str(KEYS / "release-signing.pub"),
+            "inference_service_name": self.name,
+            "inference_service_port": self.port,
+            "inference_service_grpc_port": free_port(),
+            "inference_service_state_file": str(work / "last-outcome.json"),
+            "inference_service_release_manifest_dir": str(work / "manifests"),
+            "inference_service_staging_dir": str(work / "staging"),
+            "inference_service_api_token_path": str(work / "etc" / "api-token"),
+            "inference_service_mqtt_password_path": str(work / "etc" / "mqtt.password"),
+            "inference_service_mqtt_status_config_dir": str(work / "etc" / "mqtt-status"),
+            "inference_service_migrate_queued_connections": False,
+            "inference_service_prune_images": False,
+            "inference_service_set_stats": False,
+            "inference_service_memory": "384m",
+            "inference_service_cpus": 1.0,
+            "inference_service_env": {"LINKEDGE_WORKERS": "1"},
+            "ansible_python_interpreter": sys.executable,
+        }
+
+    def sync(self, *options: str, **overrides) -> tuple[subprocess.CompletedProcess, dict]:
+        path = self.work / "sync-vars.json"
+        path.write_text(json.dumps({**self.vars, **overrides}))
+        env = {**os.environ, "ANSIBLE_NOCOLOR": "1"}
+        argv = [ANSIBLE_PLAYBOOK, "playbooks/sync.yml", "-i", f"{self.truck},", "-c", "local"]
+        process = subprocess.Popen(
+            [*argv, *options, "-e", f"@{path}"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        peak = TreeMemory(process.pid)
+        peak.start()
+        stdout, stderr = process.communicate(timeout=900)
+        peak.stop()
+        result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        state_file = self.work / "state" / "state.json"
+        state = json.loads(state_file.read_text()) if state_file.exists() else {}
+        print(
+            f"sync: rc={result.returncode} peak tree PSS {peak.pss_kb / 1024:.0f} MiB"
+            f" (RSS sum {peak.rss_kb / 1024:.0f} MiB): {json.dumps(state.get('last_attempt'))}"
+        )
+        return result, state
+
+    def serving(self) -> str | None:
+        try:
+            container = self.client.containers.get(self.name)
+        except Exception:
+            return None
+        if container.status != "running":
+            return None
+        return (container.image.labels or {}).get("io.linkedge.model.version")
+
+    def served_version(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/models", timeout=5) as rsp:
+            body = json.loads(rsp.read())
+        return json.dumps(body)
+
+    def remove(self) -> None:
+        for suffix in ("", "-previous", "-candidate"):
+            with contextlib.suppress(Exception):
+                self.client.containers.get(self.name + suffix).remove(force=True)
+
+
+def version(release: Path) -> str:
+    return json.loads((release / "manifest.json").read_text())["version"]
+
+
+@pytest.fixture
+def truck_factory(tmp_path, docker_client):
+    trucks: list[Truck] = []
+
+    def make(depot: str, name: str = "truck") -> Truck:
+        work = tmp_path / name
+        work.mkdir()
+        truck = Truck(work, depot, docker_client)
+        trucks.append(truck)
+        return truck
+
+    yield make
+    for truck in trucks:
+        truck.remove()
+
+
+def test_sync_from_an_http_depot(tmp_path, releases, nginx_binary, truck_factory):
+    depot = tmp_path / "depot"
+    (depot / "channels").mkdir(parents=True)
+    nginx = Nginx(depot, tmp_path / "nginx")
+    nginx.start()
+    try:
+        truck = truck_factory(nginx.url)
+        v1, v2 = version(releases["v1"]), version(releases["v2"])
+        archive_bytes = json.loads((releases["v1"] / "manifest.json").read_text())["archive_bytes"]
+
+        # v1 published: the sync fetches it and serves it.
+        publish(depot, "stable", releases["v1"])
+        result, state = truck.sync()
+        checked(result)
+        attempt = state["last_attempt"]
+        assert attempt["outcome"] == "updated", attempt
+        assert truck.serving() == v1
+        assert state["serving_version"] == v1 and state["sequence_seen"] == 1
+        assert state["truck"] == truck.truck
+        assert state["channel"] == "stable" and state["channel_version"] == v1
+        assert attempt["bytes_fetched"] >= archive_bytes
+        assert not (Path(truck.vars["edge_manager_cache_dir"]) / "releases" / v1).exists()
+        assert not (Path(truck.vars["edge_manager_cache_dir"]) / "partial").exists()
+
+        # Again: unchanged, nothing but a conditional request for the pointer (304).
+        before = len(nginx.requests())
+        result, state = truck.sync()
+        checked(result)
+        assert state["last_attempt"]["outcome"] == "unchanged", state
+        assert state["last_attempt"]["bytes_fetched"] == 0
+        new = nginx.requests()[before:]
+        assert len(new) == 2 and all(" 304 " in line for line in new), new
+
+        # The guard says no: deferred, nothing fetched, v1 serves.
+        publish(depot, "stable", releases["v2"])
+        before = len(nginx.requests())
+        result, state = truck.sync(edge_manager_guard_command="/bin/false")
+        checked(result)
+        assert state["last_attempt"]["outcome"] == "deferred", state
+        assert state["last_attempt"]["reason"] == "guard_command"
+        assert nginx.requests()[before:] == []
+        result, state = truck.sync(edge_manager_guard_file=str(tmp_path / "parked"))
+        checked(result)
+        assert state["last_attempt"]["reason"] == "guard_file"
+        assert truck.serving() == v1
+
+        # v2 published (sequence 2) and the guard allows it: the sync serves v2.
+        (tmp_path / "parked").touch()
+        result, state = truck.sync(
+            edge_manager_guard_file=str(tmp_path / "parked"), edge_manager_guard_command="/bin/true"
+        )
+        checked(result)
+        assert state["last_attempt"]["outcome"] == "updated", state
+        assert truck.serving() == v2
+        assert state["serving_version"] == v2 and state["previous_version"] == v1
+        assert state["sequence_seen"] == 2
+
+        # A replayed (older) pointer put back in the depot: refused, recorded, v2 serves.
+        current = {
+            n: (depot / "channels" / n).read_bytes() for n in ("stable.json", "stable.json.sig")
+        }
+        replay_dir = tmp_path / "replay"
+        publish(replay_dir, "stable", releases["v1"])  # a genuine sequence-1 pointer for v1
+        for name in ("stable.json", "stable.json.sig"):
+            (depot / "channels" / name).write_bytes((replay_dir / "channels" / name).read_bytes())
+        result, state = truck.sync()
+        assert result.returncode != 0
+        attempt = state["last_attempt"]
+        assert attempt["outcome"] == "failed" and attempt["reason"] == "replayed", attempt
+        assert state["sequence_seen"] == 2 and state["serving_version"] == v2
+        assert truck.serving() == v2
+        # The role's outcome record (what it publishes on MQTT) has the refusal too.
+        record = json.loads((truck.work / "last-outcome.json").read_text())
+        assert record["truck"] == truck.truck and record["outcome"] == "failed", record
+        assert record["reason"] == "replayed" and record["serving_version"] == v2, record
+        for name, data in current.items():
+            (depot / "channels" / name).write_bytes(data)
+
+        # The depot down: failed with the reason, serving untouched; after the restart the
+        # next sync completes.
+        nginx.stop()
+        result, state = truck.sync()
+        assert result.returncode != 0
+        attempt = state["last_attempt"]
+        assert attempt["outcome"] == "failed" and attempt["reason"] == "depot_unavailable", attempt
+        assert truck.serving() == v2 and state["serving_version"] == v2
+        record = json.loads((truck.work / "last-outcome.json").read_text())
+        assert record["outcome"] == "failed" and record["reason"] == "depot_unavailable", record
+        nginx.start()
+        result, state = truck.sync()
+        checked(result)
+        assert state["last_attempt"]["outcome"] == "unchanged", state
+        assert truck.serving() == v2
+    finally:
+        nginx.stop()
+
+
+def test_sync_from_a_local_directory(tmp_path, releases, truck_factory):
+    """An air-gapped truck: the depot is a directory (a USB stick); a pin overrides the
+    channel."""
+    depot = tmp_path / "usb" / "depot"
+    (depot / "channels").mkdir(parents=True)
+    truck = truck_factory(str(depot))
+    v1, v2 = version(releases["v1"]), version(releases["v2"])
+    publish(depot, "stable", releases["v1"])
+    result, state = truck.sync()
+    checked(result)
+    assert state["last_attempt"]["outcome"] == "updated", state
+    assert truck.serving() == v1
+    result, state = truck.sync()
+    checked(result)
+    assert state["last_attempt"]["outcome"] == "unchanged", state
+
+    # Check mode says what a sync would do and changes nothing (the state file neither).
+    publish(depot, "stable", releases["v2"])
+    result, after = truck.sync("--check")
+    checked(result)
+    assert "sync would_update" in result.stdout and after == state
+    assert truck.serving() == v1
+
+    # A pinned version: the channel is not read, the pinned release is verified and served.
+    (depot / "channels" / "stable.json").unlink()
+    result, state = truck.sync(edge_manager_pin_version=v2)
+    checked(result)
+    assert state["last_attempt"]["outcome"] == "updated", state
+    assert state["pin_version"] == v2 and truck.serving() == v2
+
+
+def test_sync_refuses_a_release_that_is_not_the_one_the_pointer_names(
+    tmp_path, releases, truck_factory
+):
+    """A depot whose manifest was swapped after the pointer was signed: nothing is loaded."""
+    depot = tmp_path / "depot"
+    (depot / "channels").mkdir(parents=True)
+    truck = truck_factory(str(depot))
+    publish(depot, "stable", releases["v1"])
+    manifest = depot / "releases" / releases["v1"].name / "manifest.json"
+    data = manifest.read_bytes()
+    manifest.unlink()  # a hard link: never write through it
+    manifest.write_bytes(data.replace(b'"name"', b'"name" ', 1))
+    result, state = truck.sync()
+    assert result.returncode != 0
+    assert state["last_attempt"]["outcome"] == "failed", state
+    assert state["last_attempt"]["reason"] == "checksum_mismatch", state
+    assert truck.serving() is None
+
+
+def test_edge_manager_role_installs_the_timer(tmp_path):
+    """The role's main entry point in check mode, then for real, then again (nothing changes):
+    the configuration and the units (systemd not managed here: this host has no systemd), which
+    `systemd-analyze verify` accepts."""
+    import configparser
+
+    import yaml
+
+    root = tmp_path / "truck"
+    playbook = tmp_path / "install.yml"
+    playbook.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "name": "Install pull mode",
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "roles": [
+                        {
+                            "role": "linkedge.edge.edge_manager",
+                            "vars": {
+                                "edge_manager_depot": "https://depot.example.net/linkedge",
+                                "edge_manager_depot_ca": "/etc/linkedge/depot-ca.pem",
+                                "edge_manager_channel": "canary",
+                                "edge_manager_guard_file": "/run/linkedge/parked",
+                                "edge_manager_install_ansible": False,
+                                "edge_manager_ansible_playbook": ANSIBLE_PLAYBOOK,
+                                "edge_manager_manage_systemd": False,
+                                "edge_manager_systemd_dir": str(root / "systemd"),
+                                "edge_manager_config_file": str(root / "etc" / "edge-manager.yml"),
+                                "edge_manager_cache_dir": str(root / "cache"),
+                                "edge_manager_state_dir": str(root / "state"),
+                                "edge_manager_interval": "15min",
+                                "edge_manager_sync_vars": {"inference_service_port": 18080},
+                                "inference_service_release_public_key": str(
+                                    KEYS / "release-signing.pub"
+                                ),
+                            },
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    (root / "systemd").mkdir(parents=True)
+    argv = [ANSIBLE_PLAYBOOK, playbook, "-i", "localhost,", "-c", "local"]
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1"}
+    env["ANSIBLE_PYTHON_INTERPRETER"] = sys.executable
+    checked(run([*argv, "--check"], cwd=REPO, env=env))
+    first = checked(run(argv, cwd=REPO, env=env))
+    assert "changed=" in first.stdout and "changed=0" not in first.stdout
+    second = checked(run(argv, cwd=REPO, env=env))
+    assert "changed=0" in second.stdout, second.stdout[-2000:]
+
+    config = yaml.safe_load((root / "etc" / "edge-manager.yml").read_text())
+    assert config["edge_manager_depot"] == "https://depot.example.net/linkedge"
+    assert config["edge_manager_channel"] == "canary"
+    assert config["inference_service_port"] == 18080
+    assert "BEGIN PUBLIC KEY" in config["inference_service_release_public_key"]
+    assert (root / "etc" / "edge-manager.yml").stat().st_mode & 0o077 == 0
+
+    service = root / "systemd" / "linkedge-edge-sync.service"
+    timer = root / "systemd" / "linkedge-edge-sync.timer"
+    units = {}
+    for path in (service, timer):
+        parser = configparser.ConfigParser(strict=False, interpolation=None)
+        parser.optionxform = str
+        parser.read_string(path.read_text())
+        units[path.suffix] = parser
+    assert units[".timer"]["Timer"]["OnUnitActiveSec"] == "15min"
+    assert units[".timer"]["Timer"]["RandomizedDelaySec"] == "10min"
+    assert units[".timer"]["Timer"]["Persistent"] == "true"
+    assert units[".service"]["Service"]["Type"] == "oneshot"
+    assert units[".service"]["Service"]["MemoryMax"] == "512M"
+    exec_start = units[".service"]["Service"]["ExecStart"]
+    assert f"{ANSIBLE_PLAYBOOK} linkedge.edge.sync -i localhost, -c local -e @" in exec_start
+
+    analyze = shutil.which("systemd-analyze")
+    if analyze:
+        result = run([analyze, "verify", "--man=no", service, timer])
+        print("systemd-analyze verify:", result.returncode, result.stderr[-1500:])
+        problems = [
+            line
+            for line in (result.stdout + result.stderr).splitlines()
+            if "linkedge-edge-sync" in line
+        ]
+        assert result.returncode == 0 and not problems, problems
+
+
+WHEELHOUSE = REPO / "build" / "edge-manager-wheels"
+
+
+def edge_manager_wheelhouse(core: str) -> Path:
+    """ansible-core and the modules' packages as wheels (cached in build/edge-manager-wheels);
+    downloading them needs a package index, the test skips without one."""
+    if not list(WHEELHOUSE.glob(f"ansible_core-{core}-*.whl")):
+        result = run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--disable-pip-version-check",
+                "--only-binary=:all:",
+                "-d",
+                WHEELHOUSE,
+                f"ansible-core=={core}",
+                "docker>=5.0",
+                "cryptography>=2.6",
+            ]
+        )
+        if result.returncode != 0:
+            pytest.skip(f"no package index for the wheelhouse: {result.stderr[-300:]}")
+    return WHEELHOUSE
+
+
+def test_a_truck_installed_by_the_role_syncs_with_its_own_ansible(
+    tmp_path, releases, truck_factory
+):
+    """The role's main entry point installs ansible-core (offline, from a wheelhouse, into a
+    venv of the system's Python 3.11) and the collection tarballs; the service's own command
+    line, run as systemd would run it, then syncs from a local-directory depot. A second
+    installation changes nothing."""
+    import configparser
+    import importlib.metadata
+    import shlex
+
+    import yaml
+
+    from .conftest import build_installed_copy, bundled_collections, dependency_closure
+
+    system_python = Path("/usr/bin/python3")
+    probe = run([system_python, "-c", "import sys, venv, ensurepip; print(sys.version_info[:2])"])
+    if probe.returncode != 0 or "(3, 1" not in probe.stdout or "(3, 10)" in probe.stdout:
+        pytest.skip(f"no Python >= 3.11 with venv at {system_python}")
+    core = importlib.metadata.version("ansible-core")
+    wheelhouse = edge_manager_wheelhouse(core)
+
+    # The collection's tarball and its dependencies', as a controller would carry them.
+    galaxy = VENV_BIN / "ansible-galaxy"
+    dist = tmp_path / "dist"
+    checked(run([galaxy, "collection", "build", "--output-path", dist], cwd=REPO))
+    assert len(list(dist.glob("linkedge-edge-*.tar.gz"))) == 1
+    galaxy_meta = yaml.safe_load((REPO / "galaxy.yml").read_text())
+    for path in dependency_closure(galaxy_meta["dependencies"], bundled_collections()):
+        build_installed_copy(path, tmp_path / "dependency-sources", dist, galaxy)
+    tarballs = sorted(str(path) for path in dist.glob("*.tar.gz"))
+
+    depot = tmp_path / "usb"
+    (depot / "channels").mkdir(parents=True)
+    publish(depot, "stable", releases["v1"])
+    truck = truck_factory(str(depot), name="installed")
+    opt = tmp_path / "opt"
+    sync_vars = {
+        key: value
+        for key, value in truck.vars.items()
+        if key.startswith("inference_service_") and key != "inference_service_release_public_key"
+    }
+    role_vars = {
+        "edge_manager_depot": str(depot),
+        "edge_manager_truck": truck.truck,
+        "edge_manager_state_dir": truck.vars["edge_manager_state_dir"],
+        "edge_manager_cache_dir": truck.vars["edge_manager_cache_dir"],
+        "edge_manager_config_file": str(tmp_path / "etc" / "edge-manager.yml"),
+        "edge_manager_systemd_dir": str(tmp_path / "systemd"),
+        "edge_manager_manage_systemd": False,
+        "edge_manager_python": str(system_python),
+        "edge_manager_os_packages": [],
+        "edge_manager_venv": str(opt / "venv"),
+        "edge_manager_collections_dir": str(opt / "collections"),
+        "edge_manager_wheelhouse": str(wheelhouse),
+        "edge_manager_ansible_core_version": core,
+        "edge_manager_collection_tarballs": tarballs,
+        "edge_manager_sync_vars": sync_vars,
+        "inference_service_release_public_key": str(KEYS / "release-signing.pub"),
+    }
+    playbook = tmp_path / "install.yml"
+    playbook.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "name": "Install pull mode",
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "roles": [{"role": "linkedge.edge.edge_manager", "vars": role_vars}],
+                }
+            ]
+        )
+    )
+    (tmp_path / "systemd").mkdir()
+    argv = [ANSIBLE_PLAYBOOK, playbook, "-i", "localhost,", "-c", "local"]
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_PYTHON_INTERPRETER": sys.executable}
+    checked(run(argv, cwd=REPO, env=env))
+    again = checked(run(argv, cwd=REPO, env=env))
+    assert "changed=0" in again.stdout, again.stdout[-3000:]
+    version_out = checked(run([opt / "venv" / "bin" / "ansible", "--version"])).stdout
+    assert f"core {core}" in version_out, version_out
+
+    # What systemd would run: the unit's ExecStart, Environment and WorkingDirectory, with
+    # nothing of this checkout (no ansible.cfg, the installed collections only).
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read_string((tmp_path / "systemd" / "linkedge-edge-sync.service").read_text())
+    service = unit["Service"]
+    unit_text = (tmp_path / "systemd" / "linkedge-edge-sync.service").read_text()
+    unit_env = dict(
+        line.removeprefix("Environment=").split("=", 1)
+        for line in unit_text.splitlines()
+        if line.startswith("Environment=")
+    )
+    clean = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("ANSIBLE_", "VIRTUAL_ENV", "PYTHON"))
+    }
+    clean["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
+    Path(service["WorkingDirectory"]).mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    result = run(
+        shlex.split(service["ExecStart"]),
+        cwd=service["WorkingDirectory"],
+        env={**clean, **unit_env},
+    )
+    print(f"installed sync: {time.monotonic() - started:.1f} s, rc={result.returncode}")
+    checked(result)
+    state = json.loads((truck.work / "state" / "state.json").read_text())
+    assert state["last_attempt"]["outcome"] == "updated", state
+    assert state["truck"] == truck.truck and truck.serving() == version(releases["v1"])
