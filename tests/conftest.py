@@ -39,6 +39,17 @@ TINY_VERSION = "tiny-test-1"
 TINY_THRESHOLD = 0.35
 
 
+def docker_engine():
+    """A client of the host's Docker engine (long timeout: image loads), or skip the test."""
+    docker = pytest.importorskip("docker")
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except Exception as exc:
+        pytest.skip(f"no Docker engine: {exc} (run `make docker`)")
+    return client
+
+
 def synthetic_aps(n_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows with APS-like scales, ~10% missing values, and a learnable positive class."""
     width = len(APS_FEATURES)

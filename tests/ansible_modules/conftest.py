@@ -21,6 +21,7 @@ import pytest
 from inference_image.bundle import SMOKE_FILE, load_bundle, write_bundle
 from inference_image.data import default_data_dir
 from inference_image.schema import APS_FEATURES
+from tests.conftest import docker_engine
 
 WHEELHOUSE = Path(os.environ.get("LINKEDGE_WHEELHOUSE", "build/wheelhouse"))
 SESSION = f"lkt{uuid.uuid4().hex[:6]}"
@@ -54,12 +55,7 @@ class ExportedArchive:
 
 @pytest.fixture(scope="session")
 def docker_client():
-    docker = pytest.importorskip("docker")
-    try:
-        client = docker.from_env(timeout=600)
-        client.ping()
-    except Exception as exc:
-        pytest.skip(f"no Docker engine: {exc} (run `make docker`)")
+    client = docker_engine()
     yield client
     for container in client.containers.list(all=True, filters={"name": SESSION}):
         container.remove(force=True)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import docker_engine
+
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook", path=str(VENV_BIN)) or "ansible-playbook"
@@ -70,13 +72,7 @@ def release_complete(path: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def docker_client():
-    docker = pytest.importorskip("docker")
-    try:
-        client = docker.from_env(timeout=600)
-        client.ping()
-    except Exception as exc:
-        pytest.skip(f"no Docker engine: {exc}")
-    return client
+    return docker_engine()
 
 
 @pytest.fixture(scope="module")
@@ -506,6 +502,21 @@ def test_sync_refuses_a_release_that_is_not_the_one_the_pointer_names(
     assert truck.serving() is None
 
 
+def install_playbook(tmp_path: Path, role_vars: dict) -> Path:
+    """A playbook applying the role edge_manager (its install entry point) to localhost."""
+    import yaml
+
+    playbook = tmp_path / "install.yml"
+    play = {
+        "name": "Install pull mode",
+        "hosts": "localhost",
+        "gather_facts": False,
+        "roles": [{"role": "linkedge.edge.edge_manager", "vars": role_vars}],
+    }
+    playbook.write_text(yaml.safe_dump([play]))
+    return playbook
+
+
 def test_edge_manager_role_installs_the_timer(tmp_path):
     """The role's main entry point in check mode, then for real, then again (nothing changes):
     the configuration and the units (systemd not managed here: this host has no systemd), which
@@ -515,41 +526,23 @@ def test_edge_manager_role_installs_the_timer(tmp_path):
     import yaml
 
     root = tmp_path / "truck"
-    playbook = tmp_path / "install.yml"
-    playbook.write_text(
-        yaml.safe_dump(
-            [
-                {
-                    "name": "Install pull mode",
-                    "hosts": "localhost",
-                    "gather_facts": False,
-                    "roles": [
-                        {
-                            "role": "linkedge.edge.edge_manager",
-                            "vars": {
-                                "edge_manager_depot": "https://depot.example.net/linkedge",
-                                "edge_manager_depot_ca": "/etc/linkedge/depot-ca.pem",
-                                "edge_manager_channel": "canary",
-                                "edge_manager_guard_file": "/run/linkedge/parked",
-                                "edge_manager_install_ansible": False,
-                                "edge_manager_ansible_playbook": ANSIBLE_PLAYBOOK,
-                                "edge_manager_manage_systemd": False,
-                                "edge_manager_systemd_dir": str(root / "systemd"),
-                                "edge_manager_config_file": str(root / "etc" / "edge-manager.yml"),
-                                "edge_manager_cache_dir": str(root / "cache"),
-                                "edge_manager_state_dir": str(root / "state"),
-                                "edge_manager_interval": "15min",
-                                "edge_manager_sync_vars": {"inference_service_port": 18080},
-                                "inference_service_release_public_key": str(
-                                    KEYS / "release-signing.pub"
-                                ),
-                            },
-                        }
-                    ],
-                }
-            ]
-        )
-    )
+    role_vars = {
+        "edge_manager_depot": "https://depot.example.net/linkedge",
+        "edge_manager_depot_ca": "/etc/linkedge/depot-ca.pem",
+        "edge_manager_channel": "canary",
+        "edge_manager_guard_file": "/run/linkedge/parked",
+        "edge_manager_install_ansible": False,
+        "edge_manager_ansible_playbook": ANSIBLE_PLAYBOOK,
+        "edge_manager_manage_systemd": False,
+        "edge_manager_systemd_dir": str(root / "systemd"),
+        "edge_manager_config_file": str(root / "etc" / "edge-manager.yml"),
+        "edge_manager_cache_dir": str(root / "cache"),
+        "edge_manager_state_dir": str(root / "state"),
+        "edge_manager_interval": "15min",
+        "edge_manager_sync_vars": {"inference_service_port": 18080},
+        "inference_service_release_public_key": str(KEYS / "release-signing.pub"),
+    }
+    playbook = install_playbook(tmp_path, role_vars)
     (root / "systemd").mkdir(parents=True)
     argv = [ANSIBLE_PLAYBOOK, playbook, "-i", "localhost,", "-c", "local"]
     env = {**os.environ, "ANSIBLE_NOCOLOR": "1"}
@@ -682,19 +675,7 @@ def test_a_truck_installed_by_the_role_syncs_with_its_own_ansible(
         "edge_manager_sync_vars": sync_vars,
         "inference_service_release_public_key": str(KEYS / "release-signing.pub"),
     }
-    playbook = tmp_path / "install.yml"
-    playbook.write_text(
-        yaml.safe_dump(
-            [
-                {
-                    "name": "Install pull mode",
-                    "hosts": "localhost",
-                    "gather_facts": False,
-                    "roles": [{"role": "linkedge.edge.edge_manager", "vars": role_vars}],
-                }
-            ]
-        )
-    )
+    playbook = install_playbook(tmp_path, role_vars)
     (tmp_path / "systemd").mkdir()
     argv = [ANSIBLE_PLAYBOOK, playbook, "-i", "localhost,", "-c", "local"]
     env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_PYTHON_INTERPRETER": sys.executable}

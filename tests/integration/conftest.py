@@ -9,6 +9,7 @@ import pytest
 
 from inference_image.bundle import ModelBundle
 from inference_image.data import default_data_dir
+from tests.conftest import docker_engine
 
 WHEELHOUSE = Path(os.environ.get("LINKEDGE_WHEELHOUSE", "build/wheelhouse"))
 
@@ -32,13 +33,7 @@ def real_bundle(tmp_path_factory, aps_data_dir) -> ModelBundle:
 
 @pytest.fixture(scope="session")
 def docker_client():
-    docker = pytest.importorskip("docker")
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:
-        pytest.skip(f"no Docker engine: {exc} (run `make docker`)")
-    return client
+    return docker_engine()
 
 
 @pytest.fixture(scope="session")
