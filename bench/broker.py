@@ -26,11 +26,15 @@ from __future__ import annotations
 import getpass
 import os
 import secrets
-import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from .procs import stop_process
 
 MOSQUITTO = Path("/usr/sbin/mosquitto")
 MOSQUITTO_PASSWD = Path("/usr/bin/mosquitto_passwd")
@@ -71,6 +75,19 @@ def _persistence_mode(persistence: bool | str) -> str:
             f"persistence must be one of {', '.join(PERSISTENCE_CHOICES)}, got {persistence!r}"
         )
     return persistence
+
+
+def wait_on(changed: threading.Condition, predicate: Callable[[], object], timeout: float) -> bool:
+    """Wait until ``predicate()`` holds, re-checked whenever ``changed`` is notified and at least
+    every 0.2 s; False when ``timeout`` s pass first (for the MQTT answer collectors)."""
+    deadline = time.monotonic() + timeout
+    with changed:
+        while not predicate():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            changed.wait(min(left, 0.2))
+    return True
 
 
 class MosquittoBroker:
@@ -198,13 +215,8 @@ class MosquittoBroker:
         )
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout)
         self.process = None
 
     def restart(self) -> None:
@@ -222,6 +234,17 @@ class MosquittoBroker:
         return [
             *("--host", "127.0.0.1", "--port", str(self.port), "--truck", truck),
             *("--username", user, "--password-file", str(self.password_files[user])),
+        ]
+
+    def sensor_command(
+        self, truck: str, rows: Path, count: int, out: Path, answer_timeout: float, *options: str
+    ) -> list[str]:
+        """A `linkedge-image sensor` run against this broker that publishes ``count`` rows of
+        ``rows``, waits for their answers and writes its report to ``out``."""
+        return [
+            *(sys.executable, "-m", "inference_image", "sensor", *self.sensor_args(truck)),
+            *("--rows", str(rows), "--count", str(count), "--wait-answers"),
+            *("--timeout", f"{answer_timeout:g}", "--out", str(out), *options),
         ]
 
     def container_password_file(self, user: str = MQTT_SERVER_USER) -> Path:

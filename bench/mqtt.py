@@ -33,7 +33,6 @@ import re
 import resource
 import secrets
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -47,7 +46,13 @@ from inference_image.data import default_data_dir
 
 from . import verify
 from .bodies import BodyFactory
-from .broker import CONTAINER_UID, MQTT_SENSOR_USER, MQTT_SERVER_USER, MosquittoBroker
+from .broker import (
+    CONTAINER_UID,
+    MQTT_SENSOR_USER,
+    MQTT_SERVER_USER,
+    MosquittoBroker,
+    wait_on,
+)
 from .cases import full_cases, smoke_cases
 from .procs import cpu_delta, cpu_seconds, memory, system_busy_seconds
 from .run import QUIET_THRESHOLD, Bench, wait_for_quiet
@@ -168,14 +173,7 @@ class AnswerCollector:
             self._changed.notify_all()
 
     def wait_for(self, predicate: Any, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not predicate():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._changed.wait(min(left, 0.2))
-        return True
+        return wait_on(self._changed, predicate, timeout)
 
     def publish(self, message_id: str, document: dict[str, Any]) -> None:
         payload = json.dumps({"id": message_id, **document}).encode()
@@ -488,24 +486,9 @@ class MqttBench(Bench):
         """One ``linkedge-image sensor`` run; its report with the CPU of every party."""
         broker = setup.broker
         out = broker.directory / "sensor.json"
-        command = [
-            sys.executable,
-            "-m",
-            "inference_image",
-            "sensor",
-            *broker.sensor_args(TRUCK),
-            "--rows",
-            str(rows),
-            "--count",
-            str(count),
-            "--batch",
-            str(batch),
-            "--wait-answers",
-            "--timeout",
-            str(ANSWER_TIMEOUT),
-            "--out",
-            str(out),
-        ]
+        command = broker.sensor_command(
+            TRUCK, rows, count, out, ANSWER_TIMEOUT, "--batch", str(batch)
+        )
         if rate is not None:
             command += ["--rate", f"{rate:g}"]
         server_pids = setup.container.pids()

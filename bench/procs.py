@@ -9,6 +9,8 @@ its forked workers count once in total, which RSS would count once per process.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,3 +117,18 @@ def memory(pids: list[int]) -> Memory:
             }
         )
     return Memory(pss, rss, processes, anon, file, shmem)
+
+
+def stop_process(process: subprocess.Popen, timeout: float) -> bool:
+    """SIGTERM, then SIGKILL after ``timeout`` s; whether it stopped on SIGTERM (or had
+    already stopped)."""
+    if process.poll() is not None:
+        return True
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return False

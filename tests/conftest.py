@@ -28,6 +28,7 @@ from bench.broker import (  # noqa: F401 - re-exported for the MQTT tests
     MQTT_SERVER_USER,
     BrokerError,
     mosquitto_available,
+    wait_on,
 )
 from bench.broker import MosquittoBroker as _BenchBroker
 from inference_image.bundle import ModelBundle, load_bundle, write_bundle
@@ -255,14 +256,7 @@ class MqttProbe:
         assert info.is_published(), "the broker did not acknowledge a publish"
 
     def wait_for(self, predicate, timeout: float = 20.0) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not predicate():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._changed.wait(min(left, 0.2))
-        return True
+        return wait_on(self._changed, predicate, timeout)
 
     def on(self, topic: str) -> list[bytes]:
         with self._changed:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import requests
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.procs import stop_process
 from inference_image.bundle import ModelBundle
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,14 +118,8 @@ class Server:
         pytest.fail(f"server not ready after {timeout} s:\n{self.log()}")
 
     def stop(self, timeout: float = 40.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                pytest.fail(f"server ignored SIGTERM for {timeout} s:\n{self.log()}")
+        if not stop_process(self.process, timeout):
+            pytest.fail(f"server ignored SIGTERM for {timeout} s:\n{self.log()}")
         self._log.close()
         return self.process.returncode
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -34,24 +33,7 @@ def start_sensor(broker: MosquittoBroker, out: Path, count: int, rate: float) ->
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
-    command = [
-        sys.executable,
-        "-m",
-        "inference_image",
-        "sensor",
-        *broker.sensor_args(TRUCK),
-        "--rows",
-        str(sample_file()),
-        "--count",
-        str(count),
-        "--rate",
-        str(rate),
-        "--wait-answers",
-        "--timeout",
-        "60",
-        "--out",
-        str(out),
-    ]
+    command = broker.sensor_command(TRUCK, sample_file(), count, out, 60, "--rate", str(rate))
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
