@@ -40,6 +40,7 @@ from .contract import (
     CHANNEL_HISTORY_DIR,
     CHANNEL_PATTERN,
     CHANNELS_DIR,
+    DEPOT_RELEASES_DIR,
     MANIFEST_FILE,
     POINTER_FORMAT,
     POINTER_FROM_MANIFEST,
@@ -202,7 +203,7 @@ def _release(depot: Depot, release_dir: Path, key: Ed25519PrivateKey) -> Release
     if not release_dir.is_dir():
         raise ChannelError(
             f"release {release_dir} not found: publish it into the depot first (linkedge-image "
-            f"publish --releases {root}/releases --signing-key KEY ...)"
+            f"publish --releases {root}/{DEPOT_RELEASES_DIR} --signing-key KEY ...)"
         )
     manifest_file = release_dir / MANIFEST_FILE
     try:
@@ -210,8 +211,8 @@ def _release(depot: Depot, release_dir: Path, key: Ed25519PrivateKey) -> Release
     except ValueError:
         raise ChannelError(
             f"release {release_dir} is not inside the depot {root}: publish the release into "
-            f"the depot (linkedge-image publish --releases {root}/releases) so that trucks can "
-            f"fetch it by the path the pointer names"
+            f"the depot (linkedge-image publish --releases {root}/{DEPOT_RELEASES_DIR}) so "
+            f"that trucks can fetch it by the path the pointer names"
         ) from None
     manifest = read_manifest(release_dir)
     try:

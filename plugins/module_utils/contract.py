@@ -314,3 +314,13 @@ POINTER_ACTIONS = ("publish", "promote", "rollback")
 def channel_pointer_path(channel: str) -> str:
     """``channels/<channel>.json``, relative to the depot's root."""
     return f"{CHANNELS_DIR}/{channel}{POINTER_SUFFIX}"
+
+
+# Where `linkedge-image publish --releases <depot>/releases` puts a release in a depot (a truck
+# pinned to a version fetches it from there, without a pointer).
+DEPOT_RELEASES_DIR = "releases"
+
+
+def release_manifest_path(version: str) -> str:
+    """``releases/<version>/manifest.json``, relative to the depot's root."""
+    return f"{DEPOT_RELEASES_DIR}/{version}/{MANIFEST_FILE}"
