@@ -345,15 +345,32 @@ def promote(depot_root: Path, source: str, target: str, signing_key: Path) -> di
             f"signing key ({signing.key_id(key.public_key())}): it was altered or signed by "
             f"another key; publish {source} again with this key, then promote"
         )
-    release = _release(depot, depot.root / Path(pointer["manifest_path"]).parent, key)
-    if release.manifest_sha256 != pointer["manifest_sha256"]:
-        raise ChannelError(
-            f"release {pointer['manifest_path']} changed since channel {source} pointed at it "
-            f"(sha256 {release.manifest_sha256}, the pointer says {pointer['manifest_sha256']}): "
-            f"publish {source} again after checking the release"
-        )
+    release = _recorded_release(
+        depot,
+        pointer,
+        key,
+        f"channel {source} pointed at it",
+        "the pointer",
+        f"publish {source} again after checking the release",
+    )
     promoted_from = {"channel": source, "sequence": pointer["sequence"]}
     return _point(depot, target, release, key, "promote", promoted_from=promoted_from)
+
+
+def _recorded_release(
+    depot: Depot, entry: dict[str, Any], key: Ed25519PrivateKey, since: str, record: str,
+    advice: str,
+) -> Release:  # fmt: skip
+    """The release a pointer or history ``entry`` names, refused when its manifest is no longer
+    the one the entry recorded."""
+    release = _release(depot, depot.root / Path(entry["manifest_path"]).parent, key)
+    if release.manifest_sha256 != entry["manifest_sha256"]:
+        raise ChannelError(
+            f"release {entry['manifest_path']} changed since {since} "
+            f"(sha256 {release.manifest_sha256}, {record} says {entry['manifest_sha256']}): "
+            f"{advice}"
+        )
+    return release
 
 
 def rollback_target(history: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -381,14 +398,14 @@ def _rollback_release(
             f"channel {channel} has served no other release than {current['version']}: "
             f"nothing to roll back to; publish the release to serve instead"
         )
-    release = _release(depot, depot.root / Path(target["manifest_path"]).parent, key)
-    if release.manifest_sha256 != target["manifest_sha256"]:
-        raise ChannelError(
-            f"release {target['manifest_path']} changed since channel {channel} served it "
-            f"(sha256 {release.manifest_sha256}, the history says {target['manifest_sha256']}): "
-            f"publish the release to serve instead"
-        )
-    return release
+    return _recorded_release(
+        depot,
+        target,
+        key,
+        f"channel {channel} served it",
+        "the history",
+        "publish the release to serve instead",
+    )
 
 
 def rollback(depot_root: Path, channel: str, signing_key: Path) -> dict[str, Any]:

@@ -353,3 +353,28 @@ def test_cli_errors_are_one_line_and_exit_2(world, tmp_path, action, arguments, 
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith(f"linkedge-image channel {action}: ")
     assert expect.format(**values) in done.stderr
+
+
+def test_a_release_changed_after_it_was_pointed_at_is_neither_promoted_nor_rolled_back_to(world):
+    """Re-signed with other content after the pointer (or the history) recorded its digest: the
+    release is refused with both digests, and no pointer moves."""
+    world.publish("canary", "v1")
+    world.publish("stable", "v1")
+    world.publish("stable", "v2")
+    manifest = world.releases["v1"] / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"aps-classifier"', '"aps-classifier-2"'))
+    (world.releases["v1"] / "manifest.json.sig").unlink()
+    sign_release(world.releases["v1"], world.keys.private_key)
+    changed = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    stable_before = world.pointer_bytes("stable")
+    with pytest.raises(channels.ChannelError) as promoted:
+        channels.promote(world.depot, "canary", "stable", world.keys.private_key)
+    assert "releases/v1/manifest.json changed since channel canary pointed at it" in str(
+        promoted.value
+    )
+    assert f"(sha256 {changed}, the pointer says " in str(promoted.value)
+    with pytest.raises(channels.ChannelError) as rolled:
+        channels.rollback(world.depot, "stable", world.keys.private_key)
+    assert "releases/v1/manifest.json changed since channel stable served it" in str(rolled.value)
+    assert "the history says" in str(rolled.value)
+    assert world.pointer_bytes("stable") == stable_before
