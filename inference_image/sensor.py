@@ -191,6 +191,8 @@ class _Sensor:
         self.refused: Any = None
         self.suback: list[Any] | None = None
         self.sent_at: dict[str, float] = {}
+        self.acked_at: dict[str, float] = {}  # id -> when the broker accepted it (PUBACK)
+        self.disconnected_at: list[float] = []  # when a connection was lost
         self.first_answer: dict[str, float] = {}
         self.error_ids: set[str] = set()
         self.answers = 0
@@ -213,6 +215,7 @@ class _Sensor:
         self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         self.connected = False
+        self.disconnected_at.append(time.perf_counter())
         self.to_ack.clear()  # the broker sends them again on the next connection
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
@@ -221,8 +224,20 @@ class _Sensor:
             return
         if reason.value == NO_MATCHING_SUBSCRIBERS:
             self.unrouted.append((time.monotonic() + RETRY_UNROUTED_SECONDS, *sent))
-        elif reason.is_failure and self.refused is None:
-            self.refused = reason
+        elif reason.is_failure:
+            if self.refused is None:
+                self.refused = reason
+        else:
+            self.acked_at[sent[0]] = time.perf_counter()
+
+    def acked_before_disconnect_ms(self, message_id: str) -> float | None:
+        """How long before the next lost connection the broker accepted this message (None:
+        not accepted, or no connection was lost after it)."""
+        acked = self.acked_at.get(message_id)
+        if acked is None:
+            return None
+        after = [lost for lost in self.disconnected_at if lost >= acked]
+        return round((min(after) - acked) * 1000, 1) if after else None
 
     @property
     def outstanding(self) -> int:
@@ -451,16 +466,22 @@ def run_sensor(config: SensorConfig) -> dict[str, Any]:
             for message_id, answered in sensor.first_answer.items()
         ]
         answered_ids = len(sensor.first_answer)
+        lost_ids = [
+            f"{prefix}-{index}"
+            for index in range(count)
+            if f"{prefix}-{index}" not in sensor.first_answer
+        ]
         report.update(
             {
                 "answered": answered_ids - len(sensor.error_ids),
                 "errors": len(sensor.error_ids),
                 "lost": count - answered_ids,
-                "lost_ids": [
-                    f"{prefix}-{index}"
-                    for index in range(count)
-                    if f"{prefix}-{index}" not in sensor.first_answer
-                ][:20],
+                "lost_ids": lost_ids[:20],
+                # For each lost message: how long before a lost connection the broker had
+                # accepted it, in ms (None: never accepted, or no connection lost after it).
+                "lost_acked_before_disconnect_ms": [
+                    sensor.acked_before_disconnect_ms(message_id) for message_id in lost_ids[:20]
+                ],
                 "duplicated": sensor.duplicates,
                 "redelivered": sensor.redelivered,
                 "unexpected": sensor.unknown,
