@@ -1,11 +1,14 @@
 # Copyright (c) LinkEdge developers
 # SPDX-License-Identifier: Apache-2.0
-"""The one outcome record of a truck: what a rollout, a rollback or site.yml did to it.
+"""The one outcome record of a truck: what a rollout, a rollback, site.yml or a pull-mode sync
+did to it.
 
 Built on the truck by linkedge.edge.outcome_record from the results of the inference_service
-role's steps, kept there (the last attempt survives being offline), published once with
-set_stats as ``linkedge_outcome``, and read by the rollout_report callback and status.yml.
-Standard library only (the callback imports it on the controller).
+role's steps (and, in pull mode, what the edge_manager's sync saw before the role: the guard,
+the channel pointer, the download), kept there (the last attempt survives being offline),
+published once with set_stats as ``linkedge_outcome`` and retained on the truck's MQTT status
+topic, and read by the rollout_report callback and status.yml. Standard library only (the
+callback imports it on the controller).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ OUTCOMES = (
     "pending",
     "failed",
     "not_reached",
+    "deferred",  # pull mode: the guard said not now; nothing was changed
     "would_update",
     "would_fail",
 )
@@ -51,6 +55,9 @@ FIELDS = (
     "cold_start_seconds",
     "smoke_vectors_checked",
     "finished_at",
+    "serving_since",  # when serving_version started serving (as far as the records know)
+    "channel",  # pull mode: the channel the truck follows (null: push)
+    "sequence",  # pull mode: the signed pointer's sequence this run acted on (null: a pin)
 )
 
 # Why a step failed, by the prefix of the role's task names ("Verify | ...").
@@ -130,6 +137,9 @@ def _failure_message(failure: dict) -> str:
 
 def outcome_of(steps: dict, check_mode: bool) -> tuple[str, str | None]:
     """(outcome, reason) from the results of the role's steps."""
+    deferred = (steps.get("pull") or {}).get("deferred")
+    if deferred:
+        return "deferred", str(deferred)
     failure = steps.get("failure") or {}
     switch = steps.get("switch") or {}
     transfer = steps.get("transfer") or {}
@@ -155,10 +165,28 @@ def outcome_of(steps: dict, check_mode: bool) -> tuple[str, str | None]:
     return "unchanged", None
 
 
-def build_record(params: dict, check_mode: bool, now: float) -> dict:
-    """The truck's record; `params` as linkedge.edge.outcome_record takes them."""
+def _serving_since(
+    outcome: str, serving_version: str | None, last: dict | None, now: float
+) -> float | None:
+    """When the version serving after this run started serving: now for an update, else what
+    the last record said, if it named the same version."""
+    if serving_version is None:
+        return None
+    if outcome == "updated":
+        return now
+    last = last or {}
+    if last.get("serving_version") == serving_version:
+        since = last.get("serving_since")
+        return float(since) if isinstance(since, (int, float)) else None
+    return None
+
+
+def build_record(params: dict, check_mode: bool, now: float, last: dict | None = None) -> dict:
+    """The truck's record; `params` as linkedge.edge.outcome_record takes them, `last` the
+    record this one replaces (for ``serving_since``)."""
     steps = params
     release = params.get("release") or {}
+    pull = params.get("pull") or {}
     before = params.get("before") or {}
     transfer = params.get("transfer") or {}
     switch = params.get("switch") or {}
@@ -179,6 +207,8 @@ def build_record(params: dict, check_mode: bool, now: float) -> dict:
     else:
         serving_version, image_id = previous_version, serving_before.get("image_id")
     sent = 0 if check_mode else int(transfer.get("size_bytes") or 0)
+    if pull.get("bytes_fetched") is not None:  # pull mode: what came from the depot
+        sent = 0 if check_mode else int(pull["bytes_fetched"])
     started = params.get("started")
     record = {
         "truck": params.get("truck"),
@@ -198,6 +228,9 @@ def build_record(params: dict, check_mode: bool, now: float) -> dict:
         "cold_start_seconds": switch.get("cold_start_seconds"),
         "smoke_vectors_checked": int(probe.get("smoke_vectors_checked") or 0),
         "finished_at": now,
+        "serving_since": _serving_since(outcome, serving_version, last, now),
+        "channel": pull.get("channel") or None,
+        "sequence": int(pull["sequence"]) if pull.get("sequence") else None,
     }
     return {field: record[field] for field in FIELDS}
 

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: outcome_record
-short_description: Build and keep a truck's outcome record of a rollout or rollback
+short_description: Build and keep a truck's outcome record of a rollout, rollback or sync
 version_added: 0.4.0
 description:
   - Turns the results of the C(linkedge.edge.inference_service) role's steps (release
     verification, transfer, load, switch, probe, or the failure that stopped them) into the one
     outcome record LinkEdge reports per truck, in one vocabulary for C(site.yml),
-    C(rollout.yml) and C(rollback.yml).
+    C(rollout.yml), C(rollback.yml) and the pull-mode sync (C(linkedge.edge.sync)).
   - The outcome is one of C(updated), C(unchanged), C(rolled_back), C(failed), C(pending) (the
     connection was lost mid-run, so the truck was not reached; a rerun catches it up),
-    C(would_update) or C(would_fail) (check mode).
+    C(would_update) or C(would_fail) (check mode), and in pull mode C(deferred) (the truck's
+    guard said not now; nothing changed).
+  - C(serving_since) is carried over from the last record while the same version serves, so the
+    record says how long the truck has served its version, not only when it was last checked.
   - Writes the record atomically to O(state_file) on the truck, so the last attempt and its
     outcome survive a lost link and are read back by C(linkedge.edge.edge_facts)
     (C(last_outcome)). Keeping that file is bookkeeping, not configuration, so the module never
@@ -70,6 +73,27 @@ options:
   started:
     description: When the run started on this truck (seconds since the epoch).
     type: float
+  pull:
+    description:
+      - Set by the C(linkedge.edge.edge_manager) sync (pull mode); empty in push mode.
+    type: dict
+    default: {}
+    suboptions:
+      channel:
+        description: The channel the truck follows (the record's C(channel)).
+        type: str
+      sequence:
+        description: The signed pointer's sequence the sync acted on (the record's
+          C(sequence)); none for a pinned version.
+        type: int
+      bytes_fetched:
+        description: Bytes downloaded from the depot in this sync; the record's
+          C(bytes_transferred) in pull mode.
+        type: int
+      deferred:
+        description: Why the guard deferred the sync; the outcome is then C(deferred) with this
+          as its reason.
+        type: str
   state_file:
     description: Where the truck keeps its last record.
     type: path
@@ -128,6 +152,9 @@ record:
     cold_start_seconds: 0.31
     smoke_vectors_checked: 30
     finished_at: 1795000000.0
+    serving_since: 1795000000.0
+    channel: null
+    sequence: null
 state_file:
   description: Where the record was written (not written in check mode).
   type: str
@@ -140,6 +167,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.linkedge.edge.plugins.module_utils.outcome import (
     DEFAULT_STATE_FILE,
     build_record,
+    read_state,
     write_state,
 )
 
@@ -158,11 +186,22 @@ def main() -> None:
             failure=dict(type="dict", default={}),
             failed_task=dict(type="str"),
             started=dict(type="float"),
+            pull=dict(
+                type="dict",
+                default={},
+                options=dict(
+                    channel=dict(type="str"),
+                    sequence=dict(type="int"),
+                    bytes_fetched=dict(type="int"),
+                    deferred=dict(type="str"),
+                ),
+            ),
             state_file=dict(type="path", default=DEFAULT_STATE_FILE),
         ),
         supports_check_mode=True,
     )
-    record = build_record(module.params, module.check_mode, time.time())
+    last = read_state(module.params["state_file"])
+    record = build_record(module.params, module.check_mode, time.time(), last)
     if not module.check_mode:
         try:
             write_state(module.params["state_file"], record)

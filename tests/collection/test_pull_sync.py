@@ -305,13 +305,23 @@ class Truck:
         stdout, stderr = process.communicate(timeout=900)
         peak.stop()
         result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-        state_file = self.work / "state" / "state.json"
-        state = json.loads(state_file.read_text()) if state_file.exists() else {}
+        record = self.record()
         print(
             f"sync: rc={result.returncode} peak tree PSS {peak.pss_kb / 1024:.0f} MiB"
-            f" (RSS sum {peak.rss_kb / 1024:.0f} MiB): {json.dumps(state.get('last_attempt'))}"
+            f" (RSS sum {peak.rss_kb / 1024:.0f} MiB): {json.dumps(record)}"
         )
-        return result, state
+        return result, record
+
+    def record(self) -> dict:
+        """The truck's outcome record (the role's last-outcome.json), {} when there is none."""
+        path = self.work / "last-outcome.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def sequence_seen(self) -> int | None:
+        """The highest sequence channel_verify accepted for the channel stable."""
+        path = self.work / "state" / "channel-state.json"
+        channels = json.loads(path.read_text())["channels"] if path.exists() else {}
+        return channels.get("stable", {}).get("sequence")
 
     def serving(self) -> str | None:
         try:
@@ -367,50 +377,55 @@ def test_sync_from_an_http_depot(tmp_path, releases, nginx_binary, truck_factory
 
         # v1 published: the sync fetches it and serves it.
         publish(depot, "stable", releases["v1"])
-        result, state = truck.sync()
+        result, record = truck.sync()
         checked(result)
-        attempt = state["last_attempt"]
-        assert attempt["outcome"] == "updated", attempt
+        assert record["outcome"] == "updated" and record["changed"], record
         assert truck.serving() == v1
-        assert state["serving_version"] == v1 and state["sequence_seen"] == 1
-        assert state["truck"] == truck.truck
-        assert state["channel"] == "stable" and state["channel_version"] == v1
-        assert attempt["bytes_fetched"] >= archive_bytes
+        assert record["serving_version"] == v1 and record["new_version"] == v1
+        assert record["sequence"] == 1 and truck.sequence_seen() == 1
+        assert record["truck"] == truck.truck and record["channel"] == "stable"
+        assert record["bytes_transferred"] >= archive_bytes
+        assert record["serving_since"] == record["finished_at"]
+        v1_since = record["serving_since"]
         assert not (Path(truck.vars["edge_manager_cache_dir"]) / "releases" / v1).exists()
         assert not (Path(truck.vars["edge_manager_cache_dir"]) / "partial").exists()
 
         # Again: unchanged, nothing but a conditional request for the pointer (304).
         before = len(nginx.requests())
-        result, state = truck.sync()
+        result, record = truck.sync()
         checked(result)
-        assert state["last_attempt"]["outcome"] == "unchanged", state
-        assert state["last_attempt"]["bytes_fetched"] == 0
+        assert record["outcome"] == "unchanged" and not record["changed"], record
+        assert record["bytes_transferred"] == 0 and record["serving_version"] == v1
+        assert record["serving_since"] == v1_since < record["finished_at"]
         new = nginx.requests()[before:]
         assert len(new) == 2 and all(" 304 " in line for line in new), new
 
         # The guard says no: deferred, nothing fetched, v1 serves.
         publish(depot, "stable", releases["v2"])
         before = len(nginx.requests())
-        result, state = truck.sync(edge_manager_guard_command="/bin/false")
+        result, record = truck.sync(edge_manager_guard_command="/bin/false")
         checked(result)
-        assert state["last_attempt"]["outcome"] == "deferred", state
-        assert state["last_attempt"]["reason"] == "guard_command"
+        assert record["outcome"] == "deferred", record
+        assert record["reason"].startswith("guard_command: the guard command exited 1"), record
+        assert record["serving_version"] == v1 and record["serving_since"] == v1_since
         assert nginx.requests()[before:] == []
-        result, state = truck.sync(edge_manager_guard_file=str(tmp_path / "parked"))
+        result, record = truck.sync(edge_manager_guard_file=str(tmp_path / "parked"))
         checked(result)
-        assert state["last_attempt"]["reason"] == "guard_file"
+        assert record["outcome"] == "deferred", record
+        assert record["reason"].startswith("guard_file: "), record
         assert truck.serving() == v1
 
         # v2 published (sequence 2) and the guard allows it: the sync serves v2.
         (tmp_path / "parked").touch()
-        result, state = truck.sync(
+        result, record = truck.sync(
             edge_manager_guard_file=str(tmp_path / "parked"), edge_manager_guard_command="/bin/true"
         )
         checked(result)
-        assert state["last_attempt"]["outcome"] == "updated", state
+        assert record["outcome"] == "updated", record
         assert truck.serving() == v2
-        assert state["serving_version"] == v2 and state["previous_version"] == v1
-        assert state["sequence_seen"] == 2
+        assert record["serving_version"] == v2 and record["previous_version"] == v1
+        assert record["sequence"] == 2 and truck.sequence_seen() == 2
+        assert record["serving_since"] > v1_since
 
         # A replayed (older) pointer put back in the depot: refused, recorded, v2 serves.
         current = {
@@ -420,33 +435,29 @@ def test_sync_from_an_http_depot(tmp_path, releases, nginx_binary, truck_factory
         publish(replay_dir, "stable", releases["v1"])  # a genuine sequence-1 pointer for v1
         for name in ("stable.json", "stable.json.sig"):
             (depot / "channels" / name).write_bytes((replay_dir / "channels" / name).read_bytes())
-        result, state = truck.sync()
+        result, record = truck.sync()
         assert result.returncode != 0
-        attempt = state["last_attempt"]
-        assert attempt["outcome"] == "failed" and attempt["reason"] == "replayed", attempt
-        assert state["sequence_seen"] == 2 and state["serving_version"] == v2
-        assert truck.serving() == v2
-        # The role's outcome record (what it publishes on MQTT) has the refusal too.
-        record = json.loads((truck.work / "last-outcome.json").read_text())
+        # The record (what the truck publishes on MQTT) has the refusal and its reason.
         assert record["truck"] == truck.truck and record["outcome"] == "failed", record
-        assert record["reason"] == "replayed" and record["serving_version"] == v2, record
+        assert record["reason"].startswith("replayed: pointer_verify: "), record
+        assert record["serving_version"] == v2 and record["sequence"] is None, record
+        assert truck.sequence_seen() == 2 and truck.serving() == v2
         for name, data in current.items():
             (depot / "channels" / name).write_bytes(data)
 
         # The depot down: failed with the reason, serving untouched; after the restart the
         # next sync completes.
         nginx.stop()
-        result, state = truck.sync()
+        result, record = truck.sync()
         assert result.returncode != 0
-        attempt = state["last_attempt"]
-        assert attempt["outcome"] == "failed" and attempt["reason"] == "depot_unavailable", attempt
-        assert truck.serving() == v2 and state["serving_version"] == v2
-        record = json.loads((truck.work / "last-outcome.json").read_text())
-        assert record["outcome"] == "failed" and record["reason"] == "depot_unavailable", record
+        # failed, not pending: the truck was reached, its depot was not.
+        assert record["outcome"] == "failed", record
+        assert record["reason"].startswith("depot_unavailable: pointer_fetch: "), record
+        assert truck.serving() == v2 and record["serving_version"] == v2
         nginx.start()
-        result, state = truck.sync()
+        result, record = truck.sync()
         checked(result)
-        assert state["last_attempt"]["outcome"] == "unchanged", state
+        assert record["outcome"] == "unchanged", record
         assert truck.serving() == v2
     finally:
         nginx.stop()
@@ -460,27 +471,27 @@ def test_sync_from_a_local_directory(tmp_path, releases, truck_factory):
     truck = truck_factory(str(depot))
     v1, v2 = version(releases["v1"]), version(releases["v2"])
     publish(depot, "stable", releases["v1"])
-    result, state = truck.sync()
+    result, record = truck.sync()
     checked(result)
-    assert state["last_attempt"]["outcome"] == "updated", state
+    assert record["outcome"] == "updated", record
     assert truck.serving() == v1
-    result, state = truck.sync()
+    result, record = truck.sync()
     checked(result)
-    assert state["last_attempt"]["outcome"] == "unchanged", state
+    assert record["outcome"] == "unchanged", record
 
-    # Check mode says what a sync would do and changes nothing (the state file neither).
+    # Check mode says what a sync would do and changes nothing (the record neither).
     publish(depot, "stable", releases["v2"])
     result, after = truck.sync("--check")
     checked(result)
-    assert "sync would_update" in result.stdout and after == state
+    assert "sync would_update" in result.stdout and after == record
     assert truck.serving() == v1
 
     # A pinned version: the channel is not read, the pinned release is verified and served.
     (depot / "channels" / "stable.json").unlink()
-    result, state = truck.sync(edge_manager_pin_version=v2)
+    result, record = truck.sync(edge_manager_pin_version=v2)
     checked(result)
-    assert state["last_attempt"]["outcome"] == "updated", state
-    assert state["pin_version"] == v2 and truck.serving() == v2
+    assert record["outcome"] == "updated", record
+    assert record["new_version"] == v2 and record["sequence"] is None and truck.serving() == v2
 
 
 def test_sync_refuses_a_release_that_is_not_the_one_the_pointer_names(
@@ -495,10 +506,10 @@ def test_sync_refuses_a_release_that_is_not_the_one_the_pointer_names(
     data = manifest.read_bytes()
     manifest.unlink()  # a hard link: never write through it
     manifest.write_bytes(data.replace(b'"name"', b'"name" ', 1))
-    result, state = truck.sync()
+    result, record = truck.sync()
     assert result.returncode != 0
-    assert state["last_attempt"]["outcome"] == "failed", state
-    assert state["last_attempt"]["reason"] == "checksum_mismatch", state
+    assert record["outcome"] == "failed", record
+    assert record["reason"].startswith("checksum_mismatch: "), record
     assert truck.serving() is None
 
 
@@ -712,6 +723,6 @@ def test_a_truck_installed_by_the_role_syncs_with_its_own_ansible(
     )
     print(f"installed sync: {time.monotonic() - started:.1f} s, rc={result.returncode}")
     checked(result)
-    state = json.loads((truck.work / "state" / "state.json").read_text())
-    assert state["last_attempt"]["outcome"] == "updated", state
-    assert state["truck"] == truck.truck and truck.serving() == version(releases["v1"])
+    record = truck.record()
+    assert record["outcome"] == "updated" and record["channel"] == "stable", record
+    assert record["truck"] == truck.truck and truck.serving() == version(releases["v1"])

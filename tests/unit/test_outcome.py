@@ -169,6 +169,45 @@ def test_a_rollback_is_recorded_as_such():
     assert got["serving_version"] == "v1" and got["bytes_transferred"] == 0
 
 
+def test_serving_since_is_kept_while_the_same_version_serves():
+    updated = record(switch=SWITCHED, probe=PROBED)
+    assert updated["serving_since"] == 1000.0 and updated["channel"] is None
+    after = dict(BEFORE, serving={"model_version": "v2", "image_id": RELEASE["image_id"]})
+    params = {"truck": "truck-1", "release": RELEASE, "before": after}
+    again = outcome.build_record(params, False, now=2000.0, last=updated)
+    assert again["outcome"] == "unchanged" and again["serving_since"] == 1000.0
+    # Another version than the last record's, or no record: unknown, never a guess.
+    assert outcome.build_record(params, False, now=2000.0)["serving_since"] is None
+    other = dict(updated, serving_version="v9")
+    assert outcome.build_record(params, False, now=2000.0, last=other)["serving_since"] is None
+
+
+def test_a_pull_sync_carries_its_channel_sequence_and_downloaded_bytes():
+    pull = {"channel": "stable", "sequence": 7, "bytes_fetched": 209_000_000, "deferred": None}
+    got = record(transfer=dict(DELTA, full=True), switch=SWITCHED, probe=PROBED, pull=pull)
+    assert got["outcome"] == "updated" and got["channel"] == "stable" and got["sequence"] == 7
+    assert got["bytes_transferred"] == 209_000_000  # from the depot, not the local copy
+    pinned = record(pull=dict(pull, sequence=None, bytes_fetched=0))
+    assert pinned["outcome"] == "unchanged" and pinned["sequence"] is None
+    assert pinned["bytes_transferred"] == 0
+
+
+def test_a_deferred_sync_changes_nothing_and_says_why():
+    pull = {"channel": "stable", "sequence": 3, "bytes_fetched": 0}
+    got = record(pull=dict(pull, deferred="guard_file: /run/parked does not exist"))
+    assert got["outcome"] == "deferred" and not got["changed"]
+    assert got["reason"] == "guard_file: /run/parked does not exist"
+    assert got["serving_version"] == "v1" and got["new_version"] == "v2"
+    assert "deferred" in outcome.OUTCOMES
+
+
+def test_a_depot_that_refuses_connections_is_a_failure_not_an_unreachable_truck():
+    # As the sync reports it: the code and the sentence in `reason`, no `msg`.
+    failure = {"reason": "depot_unavailable: pointer_fetch: Request failed: Connection refused"}
+    got = record(failure=failure, failed_task="Sync | pointer_fetch")
+    assert got["outcome"] == "failed" and got["reason"] == failure["reason"]
+
+
 def test_the_state_file_is_replaced_whole(tmp_path: Path):
     path = tmp_path / "lib" / "last-outcome.json"
     first = record(switch=SWITCHED, probe=PROBED)
