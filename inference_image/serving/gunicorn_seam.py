@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import gunicorn
+from gunicorn import sock as _sock
 from gunicorn.http import message as _message
 from gunicorn.http.body import CHUNK_EXT_RE, ChunkedReader, LengthReader
 from gunicorn.http.errors import (
@@ -54,6 +55,7 @@ __all__ = [
     "chunk_limits",
     "create_response",
     "decide_parser_once",
+    "defer_listen",
     "parse_head",
     "parse_trailers",
     "replace_body",
@@ -161,6 +163,19 @@ def decide_parser_once(cfg: Any) -> None:
         raise TypeError("gunicorn.http.message._check_fast_parser is gone")
     use_fast = check(cfg)
     _message._check_fast_parser = lambda _cfg: use_fast
+
+
+def _believed_listening(sock: Any) -> bool:
+    return True
+
+
+def defer_listen() -> None:
+    """From now on gunicorn creates its sockets bound but not listening: its ``set_options``
+    skips ``listen()`` for a socket that already listens (one inherited from systemd), and is
+    told they all do. With ``reuse_port`` the sockets are the worker's own (created right after
+    the fork), and the worker listens once it can serve (worker.py). Call in the arbiter,
+    before it spawns workers."""
+    _sock.BaseSocket._is_listening = staticmethod(_believed_listening)
 
 
 def check_config(cfg: Any) -> None:

@@ -44,6 +44,14 @@ then, and pausing would only delay the first requests of a large burst of connec
 connection in the middle of a request (a slow client: a normal request is complete within
 the read that brings it) does not count: it brings the worker no work.
 
+With ``reuse_port`` (a container that takes over from another on the same port), gunicorn
+gives every worker sockets of its own, right after the fork. Their ``listen()`` is put off
+until the worker can serve (:func:`.gunicorn_seam.defer_listen`): a listening socket joins the
+port's SO_REUSEPORT group and the kernel sends it its share of new connections at once, which
+would wait in its queue while the worker boots (seconds on a busy truck), while the old server
+could answer them. Likewise a stopping worker closes its listening sockets first: what is queued
+there moves to the others in the group (``net.ipv4.tcp_migrate_req=1``) and nothing new comes.
+
 On SIGTERM the worker stops accepting, lets requests in progress finish and answers a
 request that still arrives on a kept-alive connection within ``STOP_KEEPALIVE_LINGER`` with
 ``Connection: close`` (as gthread does), for at most gunicorn's ``graceful_timeout``.
@@ -403,6 +411,8 @@ class KeepAliveWorker(seam.WorkerBase):
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
         seam.check_config(cfg)
+        if cfg.reuse_port:  # the worker's own sockets listen when it can serve (see above)
+            seam.defer_listen()
 
     # --- process ------------------------------------------------------------------------
 
@@ -436,6 +446,9 @@ class KeepAliveWorker(seam.WorkerBase):
             listener.sock.setblocking(False)
         self.poller.register(self.PIPE[0], selectors.EVENT_READ, _WAKE)
         self.mqtt = start_mqtt(self.wsgi, self.cfg.workers, self.log)
+        for listener in self._listeners:  # now the worker can serve what the kernel sends it
+            if not listener.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                listener.sock.listen(self.cfg.backlog)
         while self.alive:
             self._turn()
             if self.ppid != os.getppid():
@@ -448,6 +461,9 @@ class KeepAliveWorker(seam.WorkerBase):
         connections get STOP_KEEPALIVE_LINGER for a request already on its way."""
         self.alive = False
         self._set_accepting(False)
+        if self.cfg.reuse_port:  # this worker's own: queued connections move to the others
+            for listener in self.sockets:
+                listener.close()
         now = time.monotonic()
         stop_by = now + self.cfg.graceful_timeout
         if self.mqtt is not None:  # in its own thread, while HTTP finishes here

@@ -49,6 +49,33 @@ def cfg() -> Config:
 PEER = ("127.0.0.1", 40000)
 
 
+def test_defer_listen_makes_gunicorn_bind_without_listening(monkeypatch) -> None:
+    """The worker's sockets join the port's SO_REUSEPORT group only when it listen()s."""
+    import logging
+    import socket
+
+    from gunicorn import sock as gunicorn_sock
+
+    # Put gunicorn's own check back afterwards (the staticmethod object, not its function).
+    original = gunicorn_sock.BaseSocket.__dict__["_is_listening"]
+    monkeypatch.setattr(gunicorn_sock.BaseSocket, "_is_listening", original)
+    config = Config()
+    config.set("bind", ["127.0.0.1:0"])
+    config.set("reuse_port", True)
+    seam.defer_listen()
+    (created,) = gunicorn_sock.create_sockets(config, logging.getLogger("test"))
+    try:
+        assert created.sock.getsockname()[1] > 0  # bound
+        assert created.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 0
+        assert created.sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        with pytest.raises(ConnectionRefusedError):  # nobody is sent a connection yet
+            socket.create_connection(created.sock.getsockname(), timeout=2).close()
+        created.sock.listen(8)
+        socket.create_connection(created.sock.getsockname(), timeout=2).close()
+    finally:
+        created.close()
+
+
 def test_parse_head_reads_a_complete_head_from_memory(cfg: Config) -> None:
     data = b"POST /predict?x=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nbodyGET"
     request, length = seam.parse_head(cfg, data, PEER, 1)
