@@ -41,6 +41,9 @@ MOSQUITTO_PASSWD = Path("/usr/bin/mosquitto_passwd")
 MQTT_SERVER_USER = "linkedge-inference"  # the serving containers' user in the truck's ACL
 MQTT_SENSOR_USER = "sensor"
 MQTT_REPLY_ROOT = "reply"  # where test clients ask for answers (MQTT 5 response topic)
+# With status_users=True: a truck's status publisher and the depot's observer (fleet status).
+MQTT_STATUS_USER = "status"
+MQTT_DEPOT_OBSERVER_USER = "depot-observer"
 CONTAINER_UID = 10001  # the image's user: a password file mounted into it must be its own
 PERSISTENCE_CHOICES = ("off", "timed", "durable", "periodic")
 
@@ -102,6 +105,7 @@ class MosquittoBroker:
         autosave_changes: int = 1000,
         start: bool = True,
         message_size_limit: int | None = None,
+        status_users: bool = False,
     ) -> None:
         if not mosquitto_available():
             raise BrokerError(
@@ -118,6 +122,9 @@ class MosquittoBroker:
             MQTT_SERVER_USER: secrets.token_hex(8),
             MQTT_SENSOR_USER: secrets.token_hex(8),
         }
+        if status_users:
+            self.passwords[MQTT_STATUS_USER] = secrets.token_hex(8)
+            self.passwords[MQTT_DEPOT_OBSERVER_USER] = secrets.token_hex(8)
         self.password_files: dict[str, Path] = {}
         passwd = directory / "passwd"
         for index, (user, password) in enumerate(self.passwords.items()):
@@ -143,6 +150,10 @@ class MosquittoBroker:
             "topic write linkedge/+/aps/features\n"
             "topic read linkedge/+/aps/#\n"
             f"topic read {MQTT_REPLY_ROOT}/#\n"
+            f"user {MQTT_STATUS_USER}\n"
+            "topic write linkedge/+/status\n"
+            f"user {MQTT_DEPOT_OBSERVER_USER}\n"
+            "topic read linkedge/+/status\n"
         )
         self.log_path = directory / "mosquitto.log"
         store = directory / "store"

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -355,6 +356,68 @@ def cmd_channel_show(args: argparse.Namespace) -> int:
 
     _print_json(show(args.depot, args.channel))
     return 0
+
+
+def cmd_fleet_status(args: argparse.Namespace) -> int:
+    """Every truck's retained status on the depot's broker against the depot's channels."""
+    from .fleet_status import (
+        BrokerSettings,
+        channel_versions,
+        fleet_rows,
+        format_table,
+        read_statuses,
+        summary,
+    )
+    from .sensor import read_password
+
+    if args.stale_after <= 0:
+        raise UserError(f"--stale-after must be positive, not {args.stale_after:g}")
+    channels = channel_versions(args.depot) if args.depot is not None else {}
+    password = None if args.password_file is None else read_password(args.password_file)
+    settings = BrokerSettings(
+        args.broker_host, args.broker_port, args.username, password, args.cafile, args.wait
+    )
+    rows = fleet_rows(read_statuses(settings), channels, time.time(), args.stale_after)
+    if not rows:
+        print(
+            f"{PROG} fleet status: no truck status on the broker: no truck has reported yet, "
+            f"or {args.username or 'this user'} may not read linkedge/+/status (use a "
+            "depot_observer user)",
+            file=sys.stderr,
+        )
+    if args.json:
+        _print_json({"summary": summary(rows), "trucks": rows})
+    else:
+        print(format_table(rows))
+    return 0
+
+
+def _add_fleet_parser(commands: argparse._SubParsersAction) -> None:
+    """`fleet status` (docs/operating-a-fleet.md, Pull mode)."""
+    fleet = commands.add_parser("fleet", help="the fleet as the depot's broker sees it")
+    actions = fleet.add_subparsers(
+        dest="fleet_command", required=True, metavar="ACTION", help="what to show"
+    )
+    p = actions.add_parser(
+        "status", help="every truck's last record, flagged stale, behind, failed or deferred"
+    )
+    p.add_argument("--broker-host", default="127.0.0.1", help="the depot's MQTT broker")
+    p.add_argument("--broker-port", type=int, default=1883)
+    p.add_argument("--username", help="a depot_observer user of that broker")
+    p.add_argument("--password-file", type=Path, help="file holding that user's password")
+    p.add_argument("--cafile", type=Path, help="CA of the broker's TLS certificate (TLS on)")
+    p.add_argument("--depot", type=Path, help="depot directory: flag trucks behind a channel")
+    p.add_argument(
+        "--stale-after",
+        type=float,
+        default=7200.0,
+        help="seconds without a record before a truck is stale (default: 7200, four syncs)",
+    )
+    p.add_argument(
+        "--wait", type=float, default=1.0, help="stop after this long without a new record"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_fleet_status, command="fleet status")
 
 
 def _add_channel_parser(commands: argparse._SubParsersAction) -> None:
@@ -758,6 +821,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sign)
 
     _add_channel_parser(commands)
+    _add_fleet_parser(commands)
 
     p = commands.add_parser("verify", help="check a bundle's checksums")
     p.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
@@ -886,6 +950,7 @@ _PACKAGE_ERRORS = (
     ("inference_image.signing", "SigningError"),
     ("inference_image.release", "ReleaseError"),
     ("inference_image.channels", "ChannelError"),
+    ("inference_image.fleet_status", "FleetStatusError"),
     ("inference_image.image.wheelhouse", "WheelhouseError"),
     ("inference_image.image.base_image", "BaseImageError"),
     ("inference_image.image.build", "ImageBuildError"),
