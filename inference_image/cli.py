@@ -402,7 +402,7 @@ def _add_fleet_parser(commands: argparse._SubParsersAction) -> None:
         "status", help="every truck's last record, flagged stale, behind, failed or deferred"
     )
     p.add_argument("--broker-host", default="127.0.0.1", help="the depot's MQTT broker")
-    p.add_argument("--broker-port", type=int, default=1883)
+    p.add_argument("--broker-port", type=int, default=1883, help="its port (default: 1883)")
     p.add_argument("--username", help="a depot_observer user of that broker")
     p.add_argument("--password-file", type=Path, help="file holding that user's password")
     p.add_argument("--cafile", type=Path, help="CA of the broker's TLS certificate (TLS on)")
