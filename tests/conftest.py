@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -371,3 +374,34 @@ def wait_mqtt_subscribed(server, workers: int, timeout: float = 30.0) -> None:
             pass
         time.sleep(0.1)
     pytest.fail(f"the MQTT adapters did not subscribe within {timeout} s:\n{server.log()}")
+
+
+# --- a container registry -------------------------------------------------------------------
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """A real Docker Distribution registry (Debian's docker-registry) on a free port of the
+    loopback, which the engine trusts without TLS; its address, host:port."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        pytest.skip("docker-registry not installed (make test installs it)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    process = subprocess.Popen([binary, "serve", str(config)], stderr=subprocess.DEVNULL)
+    address = f"127.0.0.1:{port}"
+    for _ in range(100):
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    yield address
+    process.terminate()
+    process.wait(timeout=10)

@@ -337,30 +337,6 @@ def test_the_truck_refuses_a_tampered_release_and_keeps_serving(releases, servin
 
 
 @pytest.fixture
-def registry(tmp_path):
-    binary = shutil.which("docker-registry")
-    if binary is None:
-        pytest.skip("docker-registry not installed (make test installs it)")
-    port = free_port()
-    config = tmp_path / "registry.yml"
-    config.write_text(
-        "version: 0.1\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    process = subprocess.Popen([binary, "serve", str(config)], stderr=subprocess.DEVNULL)
-    address = f"127.0.0.1:{port}"
-    for _ in range(100):
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.05)
-    yield address
-    process.terminate()
-    process.wait(timeout=10)
-
-
-@pytest.fixture
 def clean_engine():
     """A second Docker engine with empty storage, to pull into.
 
