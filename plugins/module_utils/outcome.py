@@ -207,8 +207,9 @@ def build_record(params: dict, check_mode: bool, now: float, last: dict | None =
     else:
         serving_version, image_id = previous_version, serving_before.get("image_id")
     sent = 0 if check_mode else int(transfer.get("size_bytes") or 0)
-    if pull.get("bytes_fetched") is not None:  # pull mode: what came from the depot
-        sent = 0 if check_mode else int(pull["bytes_fetched"])
+    if pull.get("bytes_fetched") is not None:  # pull mode: what came from the depot...
+        pulled = int(transfer.get("size_bytes") or 0) if "layers_pulled" in transfer else 0
+        sent = 0 if check_mode else int(pull["bytes_fetched"]) + pulled  # ...and its registry
     started = params.get("started")
     record = {
         "truck": params.get("truck"),

@@ -187,6 +187,10 @@ def test_a_pull_sync_carries_its_channel_sequence_and_downloaded_bytes():
     got = record(transfer=dict(DELTA, full=True), switch=SWITCHED, probe=PROBED, pull=pull)
     assert got["outcome"] == "updated" and got["channel"] == "stable" and got["sequence"] == 7
     assert got["bytes_transferred"] == 209_000_000  # from the depot, not the local copy
+    # The image from the depot's registry (image_pull): its layers count too.
+    pulled = {"size_bytes": 5_000_000, "layers_pulled": 1, "layers_present": 9, "full": False}
+    from_registry = record(transfer=pulled, switch=SWITCHED, probe=PROBED, pull=pull)
+    assert from_registry["bytes_transferred"] == 214_000_000 and from_registry["delta"] is True
     pinned = record(pull=dict(pull, sequence=None, bytes_fetched=0))
     assert pinned["outcome"] == "unchanged" and pinned["sequence"] is None
     assert pinned["bytes_transferred"] == 0
