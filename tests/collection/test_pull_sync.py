@@ -15,12 +15,14 @@ is put back on the image it named before.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -174,6 +176,62 @@ http {{
         return path.read_text().splitlines() if path.exists() else []
 
 
+class CountingProxy:
+    """A TCP proxy on 127.0.0.1 in front of a port there, counting the bytes each way: what a
+    sync costs on the truck's link (HTTP without TLS here)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.up = self.down = 0  # truck -> depot, depot -> truck
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            for way in ((client, server, True), (server, client, False)):
+                threading.Thread(target=self._pump, args=way, daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, upward: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                with self.lock:
+                    if upward:
+                        self.up += len(data)
+                    else:
+                        self.down += len(data)
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+FIGURES: dict = {}
+
+
+def save_figures(**values) -> None:
+    """Add to this module's figures and write them as the Molecule scenarios write theirs
+    (build/figures/pull-sync.json with time and commit; docs/figures.md renders it)."""
+    sys.path.insert(0, str(REPO / "molecule" / "resources" / "tests"))
+    from truck_api import save_figures as save_scenario_figures
+
+    FIGURES.update(values)
+    with tempfile.TemporaryDirectory() as scratch:
+        save_scenario_figures("pull-sync", FIGURES, REPO, Path(scratch))
+
+
 @pytest.fixture(scope="module")
 def nginx_binary():
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -304,6 +362,7 @@ class Truck:
         peak.start()
         stdout, stderr = process.communicate(timeout=900)
         peak.stop()
+        self.peak_pss_mib = round(peak.pss_kb / 1024)
         result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
         record = self.record()
         print(
@@ -387,18 +446,41 @@ def test_sync_from_an_http_depot(tmp_path, releases, nginx_binary, truck_factory
         assert record["bytes_transferred"] >= archive_bytes
         assert record["serving_since"] == record["finished_at"]
         v1_since = record["serving_since"]
+        save_figures(
+            updating_sync_seconds=record["duration_seconds"],
+            updating_sync_peak_pss_mib=truck.peak_pss_mib,
+            updating_sync_bytes_from_depot=record["bytes_transferred"],
+        )
         assert not (Path(truck.vars["edge_manager_cache_dir"]) / "releases" / v1).exists()
         assert not (Path(truck.vars["edge_manager_cache_dir"]) / "partial").exists()
 
         # Again: unchanged, nothing but a conditional request for the pointer (304).
+        # Through a proxy that counts what crosses the truck's link.
         before = len(nginx.requests())
-        result, record = truck.sync()
+        proxy = CountingProxy(nginx.port)
+        try:
+            result, record = truck.sync(edge_manager_depot=proxy.url)
+        finally:
+            proxy.close()
         checked(result)
         assert record["outcome"] == "unchanged" and not record["changed"], record
         assert record["bytes_transferred"] == 0 and record["serving_version"] == v1
         assert record["serving_since"] == v1_since < record["finished_at"]
         new = nginx.requests()[before:]
         assert len(new) == 2 and all(" 304 " in line for line in new), new
+        assert 0 < proxy.up < 2000 and 0 < proxy.down < 2000, (proxy.up, proxy.down)
+        # The status it publishes (retained, over the bridge): the record, plus topic and header.
+        status = len((truck.work / "last-outcome.json").read_bytes())
+        status += len(f"linkedge/{truck.truck}/status") + 8
+        per_sync = proxy.up + proxy.down + status
+        save_figures(
+            unchanged_sync_seconds=record["duration_seconds"],
+            unchanged_sync_peak_pss_mib=truck.peak_pss_mib,
+            unchanged_sync_http_bytes_up=proxy.up,
+            unchanged_sync_http_bytes_down=proxy.down,
+            unchanged_sync_status_bytes=status,
+            idle_bytes_per_month_every_30_min=per_sync * 2 * 24 * 30,
+        )
 
         # The guard says no: deferred, nothing fetched, v1 serves.
         publish(depot, "stable", releases["v2"])
@@ -511,6 +593,86 @@ def test_sync_refuses_a_release_that_is_not_the_one_the_pointer_names(
     assert record["outcome"] == "failed", record
     assert record["reason"].startswith("checksum_mismatch: "), record
     assert truck.serving() is None
+
+
+def registry_release(client, depot: Path, base: Path, registry: str, marker: str) -> Path:
+    """A signed release, in the depot, of an image FROM the base release's image with one
+    small layer of its own: its archive is in the depot (for trucks without a registry) and the
+    image in the registry (pushed as playbooks/build.yml pushes), and the engine lacks it."""
+    manifest = json.loads((base / "manifest.json").read_text())
+    if not any(image.id == manifest["image_id"] for image in client.images.list()):
+        checked(run(["docker", "load", "-i", str(base / manifest["archive"])]))
+    repository = manifest["image"].rpartition(":")[0]
+    reference = f"{registry}/{repository}:{manifest['version']}"
+    with tempfile.TemporaryDirectory(prefix="linkedge-registry-release-") as tmp:
+        context = Path(tmp)
+        (context / "marker").write_text(marker + "\n")
+        (context / "Dockerfile").write_text(
+            f"FROM {manifest['image']}\nCOPY marker /etc/linkedge-pull-marker\n"
+        )
+        client.images.get(manifest["image_id"]).tag(*manifest["image"].rsplit(":", 1))
+        image, _ = client.images.build(path=tmp, tag=reference, rm=True, pull=False)
+    for line in client.api.push(reference, stream=True, decode=True):
+        assert "error" not in line, line
+    target = depot / "releases" / f"{manifest['version']}-{marker}"
+    shutil.copytree(base, target, copy_function=os.link)
+    for old in ("manifest.json", "manifest.json.sig", manifest["archive"]):
+        (target / old).unlink()
+    del manifest["files"][f"{manifest['archive']}.sha256"]
+    (target / f"{manifest['archive']}.sha256").unlink()
+    archive = f"linkedge_aps-classifier_{marker}.tar"
+    with (target / archive).open("wb") as out:
+        for chunk in image.save(named=True):
+            out.write(chunk)
+    client.images.remove(reference)
+    digest = hashlib.sha256((target / archive).read_bytes()).hexdigest()
+    (target / f"{archive}.sha256").write_text(f"{digest}  {archive}\n")
+    manifest["files"][f"{archive}.sha256"] = hashlib.sha256(
+        f"{digest}  {archive}\n".encode()
+    ).hexdigest()
+    manifest.update(
+        image_id=image.id,
+        image=f"{repository}:{marker}",
+        archive=archive,
+        archive_bytes=(target / archive).stat().st_size,
+        archive_sha256=digest,
+    )
+    (target / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    checked(run([*CLI, "sign", "--release", target, "--signing-key", KEYS / "release-signing.key"]))
+    return target
+
+
+def test_sync_with_a_registry_fetches_the_manifest_and_pulls_only_the_missing_layer(
+    tmp_path, releases, nginx_binary, registry, truck_factory, docker_client
+):
+    depot = tmp_path / "depot"
+    (depot / "channels").mkdir(parents=True)
+    nginx = Nginx(depot, tmp_path / "nginx")
+    nginx.start()
+    release = registry_release(docker_client, depot, releases["v2"], registry, "reg1")
+    manifest = json.loads((release / "manifest.json").read_text())
+    try:
+        truck = truck_factory(nginx.url)
+        publish(depot, "stable", release)  # already in the depot: only the pointer is written
+        result, record = truck.sync(edge_manager_registry=registry)
+        checked(result)
+        assert record["outcome"] == "updated" and truck.serving() == manifest["version"], record
+        assert docker_client.containers.get(truck.name).image.id == manifest["image_id"]
+        # From the depot: the pointer, its signature, the manifest and its signature; not the
+        # archive, which is there for trucks without a registry.
+        fetched = [line.split('"')[1].split()[1] for line in nginx.requests()]
+        assert not any(path.endswith(".tar") for path in fetched), fetched
+        assert any(path.endswith("/manifest.json") for path in fetched), fetched
+        # From the registry: one small layer (the engine held the others), then the record.
+        assert record["delta"] is True and record["bytes_transferred"] < 1_000_000, record
+        save_figures(
+            registry_update_bytes=record["bytes_transferred"],
+            registry_update_seconds=record["duration_seconds"],
+        )
+    finally:
+        nginx.stop()
+        with contextlib.suppress(Exception):
+            docker_client.images.remove(manifest["image_id"], force=True)
 
 
 def install_playbook(tmp_path: Path, role_vars: dict) -> Path:
