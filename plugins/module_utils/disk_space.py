@@ -32,6 +32,17 @@ def human(size: int | float) -> str:
     return f"{value:.1f} GiB"  # pragma: no cover - the loop always returns
 
 
+def docker_root_free(client, warn) -> tuple[str | None, int | None]:
+    """(the engine's Docker root, bytes free under it) for a module on the engine's host;
+    `warn` says so, and the bytes are None, when the root is not visible from here (an engine
+    on another host)."""
+    root = client.info().get("DockerRootDir")
+    free = free_bytes(root)
+    if free is None:
+        warn(f"the Docker root {root!r} is not visible from the module: free space not checked")
+    return root, free
+
+
 def free_bytes(path: str | None) -> int | None:
     """Bytes an unprivileged writer may still use on the filesystem of `path` (None: unknown)."""
     if not path:

@@ -156,7 +156,7 @@ from ansible_collections.linkedge.edge.plugins.module_utils.disk_space import (
     check as check_space,
 )
 from ansible_collections.linkedge.edge.plugins.module_utils.disk_space import (
-    free_bytes,
+    docker_root_free,
     load_need,
     read_archive,
 )
@@ -215,12 +215,8 @@ def engine_layers(client) -> set[str]:
 def check_room(module: AnsibleModule, client, archive: str, result: dict) -> None:
     """Raise ArchiveError when loading `archive` would eat the headroom (check mode: report
     would_fail and warn); fills result["disk_space"]."""
-    root = client.info().get("DockerRootDir")
-    free = free_bytes(root)
+    root, free = docker_root_free(client, module.warn)
     if free is None:
-        module.warn(
-            f"the Docker root {root!r} is not visible from the module: free space not checked"
-        )
         return
     try:
         sizes, layers, diff_ids = read_archive(archive)

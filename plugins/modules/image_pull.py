@@ -120,7 +120,9 @@ reason:
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.linkedge.edge.plugins.module_utils.disk_space import free_bytes
+from ansible_collections.linkedge.edge.plugins.module_utils.disk_space import (
+    docker_root_free,
+)
 from ansible_collections.linkedge.edge.plugins.module_utils.docker_client import (
     DockerException,
     ImageNotFound,
@@ -217,12 +219,8 @@ def pull(module: AnsibleModule, client, result: dict) -> None:
 
 
 def check_room(module: AnsibleModule, client) -> None:
-    root = client.info().get("DockerRootDir")
-    free = free_bytes(root)
+    root, free = docker_root_free(client, module.warn)
     if free is None:
-        module.warn(
-            f"the Docker root {root!r} is not visible from the module: free space not checked"
-        )
         return
     if free < module.params["min_free"]:
         raise PullFailed(
