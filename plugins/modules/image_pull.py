@@ -20,7 +20,10 @@ description:
     again and the module fails with RV(reason) C(image_mismatch); nothing else was changed.
   - A registry that cannot be reached, or that drops the connection mid-pull, is tried again
     O(retries) times with a delay that doubles from O(delay); the engine discards what it had
-    not finished. A reference the registry does not have, or refuses to give, fails at once.
+    not finished. What another try cannot mend fails at once: a reference the registry does
+    not have (C(not_in_registry)), credentials it refuses (C(registry_refused)), a registry
+    whose TLS certificate the engine does not trust (C(registry_untrusted)), a full disk
+    (C(no_room)).
   - Before pulling, the free space under the engine's Docker root must be at least O(min_free).
     How much the pull itself needs is not known before it runs (the registry's sizes are
     compressed); the engine stops a pull that fills the disk, and the serving container is
@@ -48,7 +51,10 @@ options:
     type: float
     default: 5
   timeout:
-    description: Seconds the Docker engine may take to answer, the whole pull included.
+    description:
+      - Seconds the Docker engine may take to answer a call. The pull's own stream is not cut
+        off by it (the Docker SDK reads it without a timeout): a stalled pull ends with the run
+        that started it (the edge_manager's sync unit has C(TimeoutStartSec)).
     type: int
     default: 900
   min_free:
@@ -111,8 +117,9 @@ attempts:
   returned: always
   type: int
 reason:
-  description: C(image_mismatch), C(registry_unavailable), C(not_in_registry) or C(no_room) when
-    the module failed; null otherwise.
+  description: C(image_mismatch), C(registry_unavailable), C(not_in_registry),
+    C(registry_refused), C(registry_untrusted) or C(no_room) when the module failed; null
+    otherwise.
   returned: always
   type: str
 """
@@ -124,6 +131,7 @@ from ansible_collections.linkedge.edge.plugins.module_utils.disk_space import (
     docker_root_free,
 )
 from ansible_collections.linkedge.edge.plugins.module_utils.docker_client import (
+    APIError,
     DockerException,
     ImageNotFound,
     docker_error_message,
@@ -134,8 +142,39 @@ from ansible_collections.linkedge.edge.plugins.module_utils.image_archive import
     normalize_image_id,
 )
 
-# What a registry says when it will never give this reference: no use trying again.
-PERMANENT = ("manifest unknown", "not found", "unauthorized", "denied", "invalid reference")
+try:  # the pull's stream is read from urllib3 directly: an engine gone mid-pull raises this
+    from urllib3.exceptions import HTTPError as StreamError
+except ImportError:  # pragma: no cover - docker-py depends on urllib3
+
+    class StreamError(Exception):  # type: ignore[no-redef]
+        pass
+
+
+# What another try cannot mend, by the engine's words: (words, reason, what to do).
+PERMANENT = (
+    (
+        ("manifest unknown", "not found", "invalid reference"),
+        "not_in_registry",
+        "push the release's image to the registry (playbooks/build.yml with "
+        "image_builder_registry) or fix the registry address",
+    ),
+    (
+        ("unauthorized", "denied", "authentication required"),
+        "registry_refused",
+        "give the truck's engine credentials for the registry (docker login as root)",
+    ),
+    (
+        ("x509", "certificate", "http response to https client"),
+        "registry_untrusted",
+        "make the truck's engine trust the registry: its CA in "
+        "/etc/docker/certs.d/<host:port>/ca.crt (or insecure-registries for a lab)",
+    ),
+    (
+        ("no space left on device",),
+        "no_room",
+        "free space under the Docker root (docker image prune)",
+    ),
+)
 
 
 class PullFailed(Exception):
@@ -167,8 +206,8 @@ def pull_once(client, reference: str, progress: dict) -> None:
     DockerException."""
     repository, tag = split_reference(reference)
     for event in client.api.pull(repository, tag=tag, stream=True, decode=True):
-        if "error" in event:
-            raise DockerException(event.get("error"))
+        if "error" in event:  # the registry's words, not the engine's: no engine hint
+            raise APIError(str(event.get("error")))
         layer, status = event.get("id"), event.get("status") or ""
         if not layer:
             continue
@@ -193,14 +232,14 @@ def pull(module: AnsibleModule, client, result: dict) -> None:
         try:
             pull_once(client, reference, progress)
             break
-        except (DockerException, OSError) as exc:  # requests' errors are OSErrors
+        except (DockerException, OSError, StreamError) as exc:  # requests' errors are OSErrors
             message = docker_error_message(f"pulling {reference}", exc)
-            if any(word in message.lower() for word in PERMANENT):
-                raise PullFailed(
-                    "not_in_registry",
-                    f"{message}: publish the release to the registry (or fix the reference); "
-                    "the serving container is untouched",
-                ) from exc
+            said = str(exc).lower()
+            for words, reason, advice in PERMANENT:
+                if any(word in said for word in words):
+                    raise PullFailed(
+                        reason, f"{message}: {advice}; the serving container is untouched"
+                    ) from exc
             if attempt == params["retries"]:
                 raise PullFailed(
                     "registry_unavailable",
@@ -245,13 +284,16 @@ def ensure_pulled(module: AnsibleModule, client, wanted_id: str, result: dict) -
     image = find_image(client, reference)
     if image is None or image.id != wanted_id:
         got = image.id if image is not None else "nothing"
+        removed = "it was removed again"
         if image is not None:
-            client.images.remove(reference, noprune=False)  # the tag it put there
+            try:
+                client.images.remove(reference, noprune=False)  # the tag it put there
+            except DockerException as exc:
+                removed = f"removing it failed ({exc}): docker rmi {reference}"
         raise PullFailed(
             "image_mismatch",
             f"{reference} in the registry is {got}, the signed release says {wanted_id}: the "
-            "registry holds another image under that name; it was removed again and nothing "
-            "was changed",
+            f"registry holds another image under that name; {removed}; nothing else changed",
         )
     result["image_id"] = image.id
 
