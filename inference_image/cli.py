@@ -370,14 +370,22 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
     )
     from .sensor import read_password
 
-    if args.stale_after <= 0:
-        raise UserError(f"--stale-after must be positive, not {args.stale_after:g}")
+    for option, value in (("--stale-after", args.stale_after), ("--wait", args.wait)):
+        if value <= 0:
+            raise UserError(f"{option} must be positive, not {value:g}")
     channels = channel_versions(args.depot) if args.depot is not None else {}
     password = None if args.password_file is None else read_password(args.password_file)
     settings = BrokerSettings(
         args.broker_host, args.broker_port, args.username, password, args.cafile, args.wait
     )
-    rows = fleet_rows(read_statuses(settings), channels, time.time(), args.stale_after)
+    records, complete = read_statuses(settings)
+    rows = fleet_rows(records, channels, time.time(), args.stale_after)
+    if not complete:
+        print(
+            f"{PROG} fleet status: records were still arriving after {settings.timeout:g} s: "
+            "the table may miss trucks",
+            file=sys.stderr,
+        )
     if not rows:
         print(
             f"{PROG} fleet status: no truck status on the broker: no truck has reported yet, "

@@ -46,8 +46,9 @@ class BrokerSettings:
     timeout: float = 10.0
 
 
-def read_statuses(settings: BrokerSettings) -> dict[str, dict[str, Any]]:
-    """Every truck's retained status record on the broker, by truck."""
+def read_statuses(settings: BrokerSettings) -> tuple[dict[str, dict[str, Any]], bool]:
+    """Every truck's retained status record on the broker, by truck, and whether the records
+    stopped coming before ``settings.timeout`` (False: there may be more)."""
     import paho.mqtt.client as mqtt
 
     where = f"{settings.host}:{settings.port}"
@@ -83,9 +84,13 @@ def read_statuses(settings: BrokerSettings) -> dict[str, dict[str, Any]]:
         client.connect(settings.host, settings.port, keepalive=30)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or exc
+        what = (
+            "check --cafile (the CA of the broker's certificate) and --broker-host (the name in it)"
+            if isinstance(exc, ssl.SSLError)
+            else "pass the right --broker-host and --broker-port"
+        )
         raise FleetStatusError(
-            f"cannot reach the depot's MQTT broker at {where} ({reason}): pass the right "
-            "--broker-host and --broker-port"
+            f"cannot reach the depot's MQTT broker at {where} ({reason}): {what}"
         ) from None
     deadline = time.monotonic() + settings.timeout
     try:
@@ -107,13 +112,15 @@ def read_statuses(settings: BrokerSettings) -> dict[str, dict[str, Any]]:
                 f"the MQTT broker at {where} refused the subscription to {STATUS_TOPICS} "
                 f"({refused[0] if refused else 'no answer'}): use a depot_observer user"
             )
+        complete = False
         while time.monotonic() < deadline:
             client.loop(0.05)
             if time.monotonic() - events["last"] >= settings.quiet_seconds:
+                complete = True
                 break
     finally:
         client.disconnect()
-    return records
+    return records, complete
 
 
 def channel_versions(depot: Path) -> dict[str, str]:
