@@ -20,10 +20,10 @@ description:
     again and the module fails with RV(reason) C(image_mismatch); nothing else was changed.
   - A registry that cannot be reached, or that drops the connection mid-pull, is tried again
     O(retries) times with a delay that doubles from O(delay); the engine discards what it had
-    not finished. What another try cannot mend fails at once: a reference the registry does
-    not have (C(not_in_registry)), credentials it refuses (C(registry_refused)), a registry
-    whose TLS certificate the engine does not trust (C(registry_untrusted)), a full disk
-    (C(no_room)).
+    not finished. What another try cannot mend fails at once, without retries; a reference
+    the registry does not have (C(not_in_registry)), credentials it refuses
+    (C(registry_refused)), a registry whose TLS certificate the engine does not trust
+    (C(registry_untrusted)), a full disk (C(no_room)).
   - Before pulling, the free space under the engine's Docker root must be at least O(min_free).
     How much the pull itself needs is not known before it runs (the registry's sizes are
     compressed); the engine stops a pull that fills the disk, and the serving container is
@@ -53,7 +53,7 @@ options:
   timeout:
     description:
       - Seconds the Docker engine may take to answer a call. The pull's own stream is not cut
-        off by it (the Docker SDK reads it without a timeout): a stalled pull ends with the run
+        off by it (the Docker SDK reads it without a timeout); a stalled pull ends with the run
         that started it (the edge_manager's sync unit has C(TimeoutStartSec)).
     type: int
     default: 900
