@@ -145,7 +145,11 @@ def outcome_of(steps: dict, check_mode: bool) -> tuple[str, str | None]:
     transfer = steps.get("transfer") or {}
     load = steps.get("load") or {}
     if failure:
-        if transport_lost(failure):
+        # A module that answered with its own reason code ran on the truck: words such as
+        # "connection refused" in its message are about what it reached (a registry), not the
+        # truck.
+        answered = bool(REASON_CODE.fullmatch(str(failure.get("reason") or "")))
+        if transport_lost(failure) and not answered:
             return "pending", unreachable_reason(failure)
         message = _failure_message(failure)
         if failure.get("outcome") == "rolled_back" or failure.get("rolled_back"):

@@ -92,6 +92,25 @@ def test_a_refused_release_reports_the_modules_sentence_not_its_reason_code():
     )
 
 
+def test_a_registry_down_is_a_failed_transfer_not_an_unreachable_truck():
+    """image_pull's words about the registry ("connection refused") with its reason code: the
+    truck answered; it is not `pending`."""
+    failure = {
+        "failed": True,
+        "reason": "registry_unavailable",
+        "msg": 'pulling pull-depot:5000/linkedge/aps-classifier:v2 failed: Get "https://'
+        'pull-depot:5000/v2/": dial tcp 172.18.0.5:5000: connect: connection refused (3 '
+        "attempts): the registry is down or unreachable",
+    }
+    got = record(failure=failure, failed_task="Transfer | Pull the image from the registry")
+    assert got["outcome"] == "failed", got
+    assert got["reason"].startswith("transfer failed: pulling pull-depot:5000/"), got
+    assert got["serving_version"] == "v1"
+    # The same words without a module's reason code: the connection to the truck was lost.
+    lost = record(failure={"failed": True, "msg": "ssh: connect: connection refused"})
+    assert lost["outcome"] == "pending", lost
+
+
 def test_a_rolled_back_switch_serves_the_previous_version():
     failure = {
         "failed": True,
