@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -261,15 +262,21 @@ def pointer_bytes(pointer: dict[str, Any]) -> bytes:
 def _write(
     depot: Depot, pointer: dict[str, Any], key: Ed25519PrivateKey, history: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Write the pointer, its signature, then the history (each atomically)."""
+    """Write the pointer, its signature, then the history (each atomically).
+
+    The pointer and its signature are dated the next whole second: HTTP dates have whole
+    seconds, and a truck asks with If-Modified-Since its own download time (Ansible's
+    get_url), so a pointer written in the second a truck fetched the previous one would be
+    answered 304 until the channel changed again. Any earlier fetch is now older."""
     channel = pointer["channel"]
+    visible_from = math.floor(time.time()) + 1
     data = pointer_bytes(pointer)
     parse_pointer(data, str(depot.pointer(channel)))  # what a truck will check, checked here
     record = signing.sign_bytes(key, data)
     depot.history(channel).parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(str(depot.pointer(channel)), data)
+    write_atomically(str(depot.pointer(channel)), data, mtime=visible_from)
     signature = json.dumps(record, indent=2, sort_keys=True) + "\n"
-    write_atomically(str(depot.signature(channel)), signature.encode("utf-8"))
+    write_atomically(str(depot.signature(channel)), signature.encode("utf-8"), mtime=visible_from)
     history = [*history, _history_entry(pointer, data, record["key_id"])]
     document = {"channel": channel, "entries": history}
     write_atomically(

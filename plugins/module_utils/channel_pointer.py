@@ -254,9 +254,11 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
+def write_atomically(path: str, data: bytes, mode: int = 0o644, mtime=None) -> None:
     """Replace PATH with DATA so that a reader (or a power cut) sees the old or the new
-    content, never a mix: a temporary file in the same directory, fsync'ed, then renamed."""
+    content, never a mix: a temporary file in the same directory, fsync'ed, then renamed.
+    MTIME (seconds), when given, is the file's modification time from the first moment it
+    is visible."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
     try:
@@ -265,6 +267,8 @@ def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temporary, mode)
+        if mtime is not None:
+            os.utime(temporary, (mtime, mtime))
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

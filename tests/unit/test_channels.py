@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +130,18 @@ def test_publish_again_changes_nothing_and_a_new_release_gets_the_next_sequence(
     assert second["sequence"] == 2 and second["previous_version"] == "v1"
     assert world.truck_check("stable")["previous_version"] == "v1"
     assert _history(world, "stable") == [(1, "v1", "publish"), (2, "v2", "publish")]
+
+
+def test_a_new_pointer_is_newer_than_any_earlier_fetch_in_http_dates(world):
+    """A truck's If-Modified-Since is its download time in whole seconds (get_url); a pointer
+    published in that same second must still be newer, or the depot answers 304."""
+    world.publish("stable", "v1")
+    fetched_at = time.time()  # a truck downloads pointer 1 now
+    world.publish("stable", "v2")  # and pointer 2 follows within the second
+    if_modified_since = math.floor(fetched_at)
+    for name in ("stable.json", "stable.json.sig"):
+        last_modified = math.floor((world.depot / "channels" / name).stat().st_mtime)
+        assert last_modified > if_modified_since, (name, last_modified, if_modified_since)
 
 
 def test_sequences_are_per_channel_and_promote_uses_the_targets_next_one(world):
