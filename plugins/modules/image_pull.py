@@ -167,7 +167,8 @@ PERMANENT = (
         ("x509", "certificate", "http response to https client"),
         "registry_untrusted",
         "make the truck's engine trust the registry: its CA in "
-        "/etc/docker/certs.d/<host:port>/ca.crt (or insecure-registries for a lab)",
+        "/etc/docker/certs.d/<host:port>/ca.crt (role docker_engine: "
+        "docker_engine_registry_ca_certs), or insecure-registries for a lab",
     ),
     (
         ("no space left on device",),
