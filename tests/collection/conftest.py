@@ -99,6 +99,35 @@ def bundled_collections() -> Path:
     return path
 
 
+EDGE_MANAGER_WHEELHOUSE = REPO / "build" / "edge-manager-wheels"
+
+
+def edge_manager_wheelhouse(core: str) -> Path | None:
+    """ansible-core and the modules' packages as wheels for a truck's Python (what the role
+    edge_manager installs offline), cached in build/edge-manager-wheels. Downloading them needs a
+    package index: None without one."""
+    if not list(EDGE_MANAGER_WHEELHOUSE.glob(f"ansible_core-{core}-*.whl")):
+        result = run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--disable-pip-version-check",
+                "--only-binary=:all:",
+                "-d",
+                EDGE_MANAGER_WHEELHOUSE,
+                f"ansible-core=={core}",
+                "-r",
+                PYTHON_REQUIREMENTS,
+            ]
+        )
+        if result.returncode != 0:
+            print(result.stderr[-300:], file=sys.stderr)
+            return None
+    return EDGE_MANAGER_WHEELHOUSE
+
+
 def dependency_closure(direct: dict[str, str], source: Path) -> list[Path]:
     """Directories (in the ansible package) of the dependencies and theirs."""
     found: list[Path] = []
