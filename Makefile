@@ -9,11 +9,11 @@ DEMO_IMAGE  ?= linkedge/aps-classifier:demo
 export LINKEDGE_WHEELHOUSE := $(abspath $(WHEELHOUSE))
 
 .PHONY: help setup docker base-image wheelhouse test-tools release lint sanity truck-image \
-        molecule-releases molecule molecule-fleet molecule-resilience molecule-mqtt bench test test-unit test-integration demo demo-image clean
+        molecule-releases molecule molecule-fleet molecule-resilience molecule-mqtt molecule-pull bench test test-unit test-integration demo demo-image clean
 
 help:
 	@echo "make demo   build a release, provision 2 simulated trucks with site.yml, query them"
-	@echo "make test   lint + sanity + every test (unit, fuzz, integration, modules) + molecule default, fleet, resilience, mqtt"
+	@echo "make test   lint + sanity + every test (unit, fuzz, integration, modules) + molecule default, fleet, resilience, mqtt, pull"
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -76,12 +76,19 @@ molecule-resilience: setup truck-image molecule-releases
 molecule-mqtt: setup truck-image molecule-releases
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/molecule test -s mqtt
 
+# Pull mode: three trucks and a depot (nginx, registry, broker) over TLS; channels, a promotion
+# with no controller, an offline truck catching up, the registry down, a power cut mid-pull,
+# refused pointers, key rotation and revocation, the fleet read at the depot.
+molecule-pull: setup truck-image molecule-releases
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/molecule test -s pull
+
 test: lint sanity setup docker base-image wheelhouse test-tools release truck-image molecule-releases
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=25 tests
 	$(MAKE) molecule
 	$(MAKE) molecule-fleet
 	$(MAKE) molecule-resilience
 	$(MAKE) molecule-mqtt
+	$(MAKE) molecule-pull
 
 # LinkEdge vs MLServer side by side under wrk (about 7 min): bench/results/latest.{json,md,png}.
 # MQTT end to end beside HTTP runs on its own: .venv/bin/python -m bench --case mqtt (bench/README.md).

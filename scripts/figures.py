@@ -5,7 +5,7 @@ Every figure comes from a file a run wrote, with the date and commit of that run
 
     bench/results/latest.json              `make bench` (LinkEdge vs MLServer), rendered with
                                            bench/report.py's own table
-    build/figures/<scenario>.json          the Molecule scenarios fleet, resilience and mqtt
+    build/figures/<scenario>.json          the Molecule scenarios fleet, resilience, mqtt, pull
                                            (`make test`), written by their `figures` fixture
     build/fuzz/summary.json                tests/fuzz (`make test`)
     build/releases/current/manifest.json   the newest release playbooks/build.yml published
@@ -110,6 +110,35 @@ SCENARIOS: dict[str, tuple[str, str, dict[str, str]]] = {
             "power_cut": "power cut of the truck (`docker kill`, `docker start`) at 50 messages/s",
             "power_cut_seconds_to_answering": "from the power cut until the truck answered over "
             "MQTT again, s",
+        },
+    ),
+    "pull": (
+        "Pull scenario: three trucks syncing from a depot (`molecule test -s pull`)",
+        "A depot (nginx over HTTPS, docker-registry over TLS, Mosquitto) and three trucks in "
+        "pull mode with a 40 s timer and up to 15 s of jitter; no controller runs unless the "
+        "row says so. Bytes are what a truck's record counts: the depot's files plus the "
+        "compressed layers its engine pulled.",
+        {
+            "first_install_seconds": "v1 published to both channels until all three trucks "
+            "served it (first sync: the whole image), s",
+            "first_install_bytes_per_truck": "bytes per truck for that first install",
+            "image_bytes_in_registry": "the whole image as the registry holds it (compressed "
+            "layers), bytes",
+            "model_only_update": "v2 on `canary`: bytes the canary fetched, the new model "
+            "layer's compressed size, the whole image, and the sync's duration",
+            "promotion_to_stable_truck_seconds": "`channel promote` until the online stable "
+            "truck served v2, s",
+            "offline_truck_catch_up_seconds": "link back until the cut-off truck served v2, s",
+            "promotion_converged_seconds": "`channel promote` until the whole fleet served v2 "
+            "(the cut-off truck included), s",
+            "registry_down_reason": "the reason a truck reported while the registry was down",
+            "power_cut_serving_again_seconds": "power cut mid-pull until the truck served "
+            "(v2, complete) again, s",
+            "power_cut_completed_seconds": "power cut until the truck served v3 (parked again "
+            "after the deferral), s",
+            "refused": "reasons reported for a replayed, an altered and a wrongly signed "
+            "pointer",
+            "keys": "the rotated-to key, the revoked key, and the revoked key's refusal",
         },
     ),
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build the two small releases the Molecule scenarios ship to simulated trucks:
+# Build the small releases the Molecule scenarios ship to simulated trucks:
 #   build/releases/v1  (30 boosting rounds)   build/releases/v2  (40 boosting rounds)
-# both signed with the development key build/keys/release-signing.key (created if missing).
+#   build/releases/v3  (50 boosting rounds; the pull scenario's third version)
+# all signed with the development key build/keys/release-signing.key (created if missing).
 # Each is an `inference_image export` directory (image archive, .sha256, model_card.json,
 # manifest.json) plus the model bundle it was built from in <release>/bundle (the tests read the
 # smoke vectors from there). Idempotent: a release whose manifest.json and archive are present,
@@ -65,12 +66,13 @@ cleanup() { [ -z "$work" ] || { chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"
 trap cleanup EXIT
 release v1 30
 release v2 40
+release v3 50
 
-# Sign both with the project's development key (trucks verify the signature before loading;
+# Sign them with the project's development key (trucks verify the signature before loading;
 # molecule.yml gives them build/keys/release-signing.pub). Idempotent: signed releases stay.
 KEYS="${LINKEDGE_KEYS_DIR:-build/keys}"
 [ -f "$KEYS/release-signing.key" ] || cli keygen --out "$KEYS" >/dev/null
-for name in v1 v2; do
+for name in v1 v2 v3; do
   cli sign --release "$RELEASES/$name" --signing-key "$KEYS/release-signing.key" >/dev/null
 done
-log "v1, v2 signed with $KEYS/release-signing.key"
+log "v1, v2, v3 signed with $KEYS/release-signing.key"

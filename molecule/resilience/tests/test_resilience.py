@@ -31,6 +31,7 @@ from truck_api import (  # shared with the other scenarios' tests
     Playbooks,
     Release,
     save_figures,
+    served_release,
 )
 from truck_api import truck_http as shared_truck_http
 
@@ -46,7 +47,6 @@ MIB = 1 << 20
 FIGURES: dict = {}
 
 V1, V2 = Release(RELEASES / "v1"), Release(RELEASES / "v2")
-BY_VERSION = {V1.model_version: V1, V2.model_version: V2}
 
 
 def on_truck(*argv: str, check: bool = True, timeout: float = 60) -> str:
@@ -63,26 +63,8 @@ def truck_http(method: str, path: str, payload=None, timeout: float = 5.0):
 
 
 def served() -> str:
-    """The version the truck serves, checked on a real /predict: the request holds both
-    releases' smoke vectors; the answer must name v1 or v2 and give exactly that release's
-    answers for its own vectors (a complete version, model and bundle together)."""
-    records = [
-        dict(zip(release.features, vector["inputs"], strict=True))
-        for release in (V1, V2)
-        for vector in release.smoke_vectors
-    ]
-    status, body = truck_http("POST", "/predict", {"instances": records})
-    assert status == 200, f"/predict answered {status}: {body}"
-    release = BY_VERSION.get(body["model_version"])
-    assert release is not None, f"serves {body['model_version']}, neither v1 nor v2"
-    start = 0 if release is V1 else len(V1.smoke_vectors)
-    got = body["predictions"][start : start + len(release.smoke_vectors)]
-    for answer, vector in zip(got, release.smoke_vectors, strict=True):
-        assert answer["label"] == vector["label"], (answer, vector)
-        assert abs(answer["probability"] - vector["probability"]) <= 1e-6, (answer, vector)
-    status, meta = truck_http("GET", "/v2/models/aps-classifier")
-    assert status == 200 and meta["versions"][0] in BY_VERSION, meta
-    return release.name
+    """The version the truck serves, checked on a real /predict (truck_api.served_release)."""
+    return served_release(TRUCK, [V1, V2]).name
 
 
 def served_versions(requests: int = 8) -> list[str]:

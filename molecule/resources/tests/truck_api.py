@@ -83,6 +83,32 @@ def truck_http(
     return answer["status"], answer["body"]
 
 
+def served_release(truck: str, releases: list[Release], timeout: float = 5.0) -> Release:
+    """The release the truck serves, checked on a real /predict: the request holds every given
+    release's smoke vectors; the answer must name one of them and give exactly that release's
+    answers for its own vectors (a complete version, model and bundle together)."""
+    records = [
+        dict(zip(release.features, vector["inputs"], strict=True))
+        for release in releases
+        for vector in release.smoke_vectors
+    ]
+    status, body = truck_http(truck, "POST", "/predict", {"instances": records}, timeout)
+    assert status == 200, f"/predict on {truck} answered {status}: {body}"
+    by_version = {release.model_version: release for release in releases}
+    release = by_version.get(body["model_version"])
+    assert release is not None, f"{truck} serves {body['model_version']}, not {list(by_version)}"
+    start = 0
+    for earlier in releases[: releases.index(release)]:
+        start += len(earlier.smoke_vectors)
+    got = body["predictions"][start : start + len(release.smoke_vectors)]
+    for answer, vector in zip(got, release.smoke_vectors, strict=True):
+        assert answer["label"] == vector["label"], (truck, answer, vector)
+        assert abs(answer["probability"] - vector["probability"]) <= 1e-6, (truck, answer, vector)
+    status, meta = truck_http(truck, "GET", "/v2/models/aps-classifier", timeout=timeout)
+    assert status == 200 and meta["versions"][0] == release.model_version, meta
+    return release
+
+
 def truck_ip(truck: str, network: str) -> str:
     """The simulated truck's address on the scenario's network (reachable from the host)."""
     out = subprocess.run(
@@ -95,8 +121,8 @@ def truck_ip(truck: str, network: str) -> str:
 
 
 class Playbooks:
-    """Runs playbooks/<name> (or the root site.yml) on a scenario's inventory, from the
-    project, with the rollout report callback writing to <ephemeral>/rollout-reports."""
+    """Runs playbooks/<name> (the root site.yml, or an absolute path) on a scenario's inventory,
+    from the project, with the rollout report callback writing to <ephemeral>/rollout-reports."""
 
     def __init__(self, project: Path, ephemeral: Path) -> None:
         self.project = project
@@ -114,7 +140,12 @@ class Playbooks:
             ANSIBLE_FORCE_COLOR="0",
             ANSIBLE_NOCOLOR="1",
         )
-        path = self.project / name if name == "site.yml" else self.project / "playbooks" / name
+        if Path(name).is_absolute():
+            path = Path(name)  # a scenario's own playbook
+        elif name == "site.yml":
+            path = self.project / name
+        else:
+            path = self.project / "playbooks" / name
         return ["ansible-playbook", str(path), "-i", str(self.inventory), *args], env
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
