@@ -136,8 +136,7 @@ SCENARIOS: dict[str, tuple[str, str, dict[str, str]]] = {
             "(v2, complete) again, s",
             "power_cut_completed_seconds": "power cut until the truck served v3 (parked again "
             "after the deferral), s",
-            "refused": "reasons reported for a replayed, an altered and a wrongly signed "
-            "pointer",
+            "refused": "reasons reported for a replayed, an altered and a wrongly signed pointer",
             "keys": "the rotated-to key, the revoked key, and the revoked key's refusal",
         },
     ),
