@@ -170,6 +170,24 @@ def read_manifest(release_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def release_present(release_dir: Path, with_bundle: bool = False, signed: bool = True) -> bool:
+    """RELEASE holds its manifest (signed, unless `signed` is false) and its archive of the
+    recorded size (and, with `with_bundle`, the model bundle it was built from, as
+    scripts/molecule-releases.sh keeps it): a cheap check that an export or a copy finished,
+    not a verification."""
+    release_dir = Path(release_dir)
+    try:
+        manifest = json.loads((release_dir / MANIFEST).read_text())
+        archive_complete = (release_dir / manifest["archive"]).stat().st_size == manifest[
+            "archive_bytes"
+        ]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    has_signature = (release_dir / (MANIFEST + signing.SIGNATURE_SUFFIX)).is_file()
+    bundled = not with_bundle or (release_dir / "bundle" / "smoke_vectors.json").is_file()
+    return archive_complete and (has_signature or not signed) and bundled
+
+
 def complete_manifest(
     release_dir: Path, manifest: dict[str, Any], **provenance: Any
 ) -> dict[str, Any]:

@@ -21,18 +21,9 @@ IMAGE_NAME="${LINKEDGE_MOLECULE_IMAGE:-linkedge/aps-classifier}"
 log() { printf '[molecule-releases] %s\n' "$*" >&2; }
 cli() { "$PYTHON" -m inference_image "$@"; }
 
-present() { # release dir -> 0 when complete (manifest.json + archive of the recorded size)
-  "$PYTHON" - "$1" <<'EOF'
-import json, os, sys
-d = sys.argv[1]
-try:
-    meta = json.load(open(os.path.join(d, "manifest.json")))
-    ok = os.path.getsize(os.path.join(d, meta["archive"])) == meta["archive_bytes"]
-    ok = ok and os.path.isfile(os.path.join(d, "bundle", "smoke_vectors.json"))
-except (OSError, ValueError, KeyError):
-    ok = False
-sys.exit(0 if ok else 1)
-EOF
+present() { # release dir -> 0 when complete (manifest.json, the archive of its size, the bundle)
+  "$PYTHON" -c 'import sys; from pathlib import Path; from inference_image.release import release_present
+sys.exit(0 if release_present(Path(sys.argv[1]), with_bundle=True, signed=False) else 1)' "$1"
 }
 
 # What the images are built from: a release built from other sources is stale (rebuilt).
