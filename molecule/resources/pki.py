@@ -27,9 +27,11 @@ import sys
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+
+# The certificates are made as the depot-load bench makes its own (one implementation).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.depot_load.pki import ca_certificate, new_key, server_certificate
 
 VALID_DAYS = 30
 CLIENTS = (
@@ -83,57 +85,10 @@ def _still_valid(out: Path, names: list[x509.GeneralName]) -> bool:
 
 def make(out: Path, name: str, names: list[x509.GeneralName]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    until = now + dt.timedelta(days=VALID_DAYS)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, f"LinkEdge {name} scenario test CA")]
-    )
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(until)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    depot_key = ec.generate_private_key(ec.SECP256R1())
-    depot = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_name)
-        .public_key(depot_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(until)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca_key = new_key()
+    ca = ca_certificate(ca_key, f"LinkEdge {name} scenario test CA", VALID_DAYS)
+    depot_key = new_key()
+    depot = server_certificate(ca, ca_key, depot_key, names, VALID_DAYS)
 
     _write(out / "ca.key", _key_pem(ca_key))
     _write(out / "ca.crt", ca.public_bytes(serialization.Encoding.PEM))

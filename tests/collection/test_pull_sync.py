@@ -32,6 +32,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.depot_load.proxy import CountingProxy
+from inference_image.release import release_present
 from tests.conftest import docker_engine
 from tests.depot import publish
 
@@ -62,19 +64,6 @@ def run(argv: list, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
-def release_complete(path: Path) -> bool:
-    try:
-        manifest = json.loads((path / "manifest.json").read_text())
-        archive = path / manifest["archive"]
-        return (
-            archive.stat().st_size == manifest["archive_bytes"]
-            and (path / "manifest.json.sig").is_file()
-            and (path / "bundle" / "smoke_vectors.json").is_file()
-        )
-    except (OSError, ValueError, KeyError):
-        return False
-
-
 @pytest.fixture(scope="module")
 def docker_client():
     return docker_engine()
@@ -85,7 +74,7 @@ def releases(tmp_path_factory, docker_client) -> dict[str, Path]:
     """v1 and v2, snapshotted (hard links) so that a rebuild elsewhere does not change them
     under the test; yields {"v1": dir, "v2": dir} named by version in a releases/ folder."""
     built = REPO / "build" / "releases"
-    if not all(release_complete(built / name) for name in ("v1", "v2")):
+    if not all(release_present(built / name, with_bundle=True) for name in ("v1", "v2")):
         checked(run(["bash", "scripts/molecule-releases.sh"], cwd=REPO))
     snapshot = tmp_path_factory.mktemp("releases")
     out = {}
@@ -93,7 +82,7 @@ def releases(tmp_path_factory, docker_client) -> dict[str, Path]:
         version = json.loads((built / name / "manifest.json").read_text())["version"]
         target = snapshot / version
         shutil.copytree(built / name, target, copy_function=os.link)
-        assert release_complete(target), f"{built / name} changed while it was copied"
+        assert release_present(target, with_bundle=True), f"{built / name} changed meanwhile"
         out[name] = target
     # What the releases' tags name now: a `docker load` moves them; put back afterwards.
     tags = {}
@@ -177,48 +166,6 @@ http {{
     def requests(self) -> list[str]:
         path = self.work / "logs" / "access.log"
         return path.read_text().splitlines() if path.exists() else []
-
-
-class CountingProxy:
-    """A TCP proxy on 127.0.0.1 in front of a port there, counting the bytes each way: what a
-    sync costs on the truck's link (HTTP without TLS here)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.up = self.down = 0  # truck -> depot, depot -> truck
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.target_port))
-            for way in ((client, server, True), (server, client, False)):
-                threading.Thread(target=self._pump, args=way, daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, upward: bool) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                with self.lock:
-                    if upward:
-                        self.up += len(data)
-                    else:
-                        self.down += len(data)
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 FIGURES: dict = {}
@@ -437,8 +384,11 @@ def test_sync_from_an_http_depot(tmp_path, releases, nginx_binary, truck_factory
         proxy = CountingProxy(nginx.port)
         try:
             result, record = truck.sync(edge_manager_depot=proxy.url)
+            flows = proxy.take()
         finally:
             proxy.close()
+        up = sum(flow.bytes("up") for flow in flows)
+        down = sum(flow.bytes("down") for flow in flows)
         checked(result)
         assert record["outcome"] == "unchanged" and not record["changed"], record
         assert record["bytes_transferred"] == 0 and record["serving_version"] == v1
@@ -446,16 +396,16 @@ def test_sync_from_an_http_depot(tmp_path, releases, nginx_binary, truck_factory
         new = nginx.requests()[before:]
         # One request: the pointer, answered 304 (its signature is fetched only with a new one).
         assert len(new) == 1 and " 304 " in new[0], new
-        assert 0 < proxy.up < 2000 and 0 < proxy.down < 2000, (proxy.up, proxy.down)
+        assert len(flows) == 1 and 0 < up < 1000 and 0 < down < 1000, (len(flows), up, down)
         # The status it publishes (retained, over the bridge): the record, plus topic and header.
         status = len((truck.work / "last-outcome.json").read_bytes())
         status += len(f"linkedge/{truck.truck}/status") + 8
-        per_sync = proxy.up + proxy.down + status
+        per_sync = up + down + status
         save_figures(
             unchanged_sync_seconds=record["duration_seconds"],
             unchanged_sync_peak_pss_mib=truck.peak_pss_mib,
-            unchanged_sync_http_bytes_up=proxy.up,
-            unchanged_sync_http_bytes_down=proxy.down,
+            unchanged_sync_http_bytes_up=up,
+            unchanged_sync_http_bytes_down=down,
             unchanged_sync_status_bytes=status,
             idle_bytes_per_month_every_30_min=per_sync * 2 * 24 * 30,
         )
