@@ -149,7 +149,7 @@ def outcome_of(steps: dict, check_mode: bool) -> tuple[str, str | None]:
         # "connection refused" in its message are about what it reached (a registry), not the
         # truck.
         answered = bool(REASON_CODE.fullmatch(str(failure.get("reason") or "")))
-        if transport_lost(failure) and not answered:
+        if failure.get("unreachable") or (transport_lost(failure) and not answered):
             return "pending", unreachable_reason(failure)
         message = _failure_message(failure)
         if failure.get("outcome") == "rolled_back" or failure.get("rolled_back"):
