@@ -235,7 +235,8 @@ def new_depot() -> None:
     have already refused (404) the channels that were not there."""
     assert not list((DEPOT / "channels").iterdir()), (
         f"{DEPOT} already has channels: the trucks have synced from it, and would refuse a "
-        "new sequence 1 as a replay; run `molecule converge -s pull` (or test) again"
+        "new sequence 1 as a replay; verify runs once per set of trucks: "
+        "`molecule test -s pull`, or `molecule destroy -s pull` then converge and verify"
     )
     shutil.rmtree(SCRATCH, ignore_errors=True)
     SCRATCH.mkdir(parents=True)
@@ -421,9 +422,9 @@ def test_registry_down_then_a_power_cut_mid_pull(broker, registry_port):
     assert not pulling(TRUCK_3)
 
 
-@pytest.fixture
-def canary_by_hand():
-    """pull-truck-1 with its timer stopped: the tests start its syncs."""
+def stop_canary_timer() -> None:
+    """The canary's timer stopped and no sync of its running (a sync the timer started would
+    be joined by the next `systemctl start` and report what it saw before a publish)."""
     on(CANARY, "systemctl", "stop", f"{UNIT}.timer")
     wait_for(
         "no sync running",
@@ -432,6 +433,12 @@ def canary_by_hand():
         ),
         300,
     )
+
+
+@pytest.fixture
+def canary_by_hand():
+    """pull-truck-1 with its timer stopped: the tests start its syncs."""
+    stop_canary_timer()
     yield
     on(CANARY, "systemctl", "start", f"{UNIT}.timer")
 
@@ -537,7 +544,7 @@ def trust_on_canary(**keys) -> None:
         command, env=env, cwd=PROJECT, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    on(CANARY, "systemctl", "stop", f"{UNIT}.timer")  # the role starts it; the test syncs
+    stop_canary_timer()  # the role starts it; the test syncs
 
 
 def test_a_rotated_key_works_and_a_revoked_one_is_refused(broker, canary_by_hand, tmp_path):
