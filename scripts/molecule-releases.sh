@@ -7,7 +7,7 @@
 # manifest.json) plus the model bundle it was built from in <release>/bundle (the tests read the
 # smoke vectors from there). Idempotent: a release whose manifest.json and archive are present,
 # whose archive size matches and that was built from the current inference_image sources is
-# kept as is; FORCE=1 rebuilds both.
+# kept as is; FORCE=1 rebuilds them all.
 # Usage: bash scripts/molecule-releases.sh   (from the repository root; uses .venv when present)
 set -euo pipefail
 
