@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inference_image.contract import IMAGE_REPOSITORY
+
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "bench" / "results"
 BUILD_RELEASES = REPO / "build" / "releases"
@@ -23,7 +25,7 @@ MOSQUITTO = "/usr/sbin/mosquitto"
 PACKAGES = {NGINX: "nginx-light", REGISTRY: "docker-registry", MOSQUITTO: "mosquitto"}
 
 CHANNEL, SOURCE_CHANNEL = "stable", "canary"
-REPOSITORY = "linkedge/aps-classifier"
+REPOSITORY = IMAGE_REPOSITORY  # the contract's: where the builder pushes, trucks pull
 DEPOT_HOST = "depot.example.net"  # the host name in the TLS measurement (docs' example)
 DEPOT_PREFIX = "/linkedge"  # the depot's URL path (docs/operating-a-fleet.md's example)
 TRUCK_ID = "truck-0001"

@@ -316,6 +316,19 @@ def channel_pointer_path(channel: str) -> str:
     return f"{CHANNELS_DIR}/{channel}{POINTER_SUFFIX}"
 
 
+def registry_repository(image: str) -> str:
+    """A release's image name without its tag (``linkedge/aps-classifier:v2`` ->
+    ``linkedge/aps-classifier``): its repository in a registry. A registry's port is kept."""
+    head, colon, tail = (image or IMAGE_REPOSITORY).rpartition(":")
+    return head if colon and "/" not in tail else image or IMAGE_REPOSITORY
+
+
+def registry_reference(registry: str, image: str, version: str) -> str:
+    """``<registry>/<repository>:<version>``: where CI pushes a release's image and where a
+    truck's engine pulls it from (one name for both, so they cannot disagree)."""
+    return f"{registry.rstrip('/')}/{registry_repository(image)}:{version}"
+
+
 # Where `linkedge-image publish --releases <depot>/releases` puts a release in a depot (a truck
 # pinned to a version fetches it from there, without a pointer).
 DEPOT_RELEASES_DIR = "releases"

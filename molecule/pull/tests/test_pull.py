@@ -46,6 +46,7 @@ sys.path.insert(0, str(PROJECT))
 
 from truck_api import Playbooks, Release, save_figures, served_release  # noqa: E402
 
+from inference_image.contract import registry_reference, registry_repository  # noqa: E402
 from tests.depot import CLI, KEYS, channel, publish  # noqa: E402
 
 RELEASES = PROJECT / "build" / "releases"
@@ -188,10 +189,11 @@ def updated_to(release: Release) -> Callable[[dict], bool]:
 def push(release: Release, registry_port: int) -> None:
     """The release's image into the depot's registry, as playbooks/build.yml pushes it (the
     host's engine reaches 127.0.0.1 without a trusted certificate); tagged by version."""
-    repository = release.manifest["image"].rpartition(":")[0]
     if release.image_id not in run("docker", "images", "-q", "--no-trunc"):
         run("docker", "load", "-i", release.path / release.manifest["archive"])
-    reference = f"127.0.0.1:{registry_port}/{repository}:{release.model_version}"
+    reference = registry_reference(
+        f"127.0.0.1:{registry_port}", release.manifest["image"], release.model_version
+    )
     run("docker", "tag", release.image_id, reference)
     try:
         run("docker", "push", reference, timeout=600)
@@ -201,7 +203,7 @@ def push(release: Release, registry_port: int) -> None:
 
 def registry_layers(release: Release, registry_port: int) -> list[dict]:
     """The image's layers as the registry stores them (compressed sizes), from its manifest."""
-    repository = release.manifest["image"].rpartition(":")[0]
+    repository = registry_repository(release.manifest["image"])
     url = f"https://127.0.0.1:{registry_port}/v2/{repository}/manifests/{release.model_version}"
     request = urllib.request.Request(
         url, headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
