@@ -81,9 +81,18 @@ class Nginx:
     /linkedge/ (conditional requests: `if_modified_since before`, as operating-a-fleet.md
     says), over HTTP and, for each TlsSite, over HTTPS."""
 
-    def __init__(self, work: Path, depot: Path, workers: int, sites: Iterable[TlsSite] = ()):
+    def __init__(
+        self,
+        work: Path,
+        depot: Path,
+        workers: int = 1,
+        sites: Iterable[TlsSite] = (),
+        buffered_log: bool = True,
+    ):
+        """BUFFERED_LOG off writes each request's log line at once (tests read it after each
+        request); on, nginx buffers 256 KiB or a second (the load test)."""
         self.work, self.depot, self.workers = work, depot, workers
-        self.sites = list(sites)
+        self.sites, self.buffered_log = list(sites), buffered_log
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         (work / "logs").mkdir(parents=True, exist_ok=True)
@@ -93,12 +102,22 @@ class Nginx:
     def access_log(self) -> Path:
         return self.work / "logs" / "access.log"
 
+    @property
+    def url(self) -> str:
+        """The depot's URL over HTTP (what edge_manager_depot names)."""
+        return f"http://127.0.0.1:{self.port}{DEPOT_PREFIX}"
+
+    def requests(self) -> list[str]:
+        """The access log's lines: `$msec $status $request_method $uri $bytes_sent ...`."""
+        return self.access_log.read_text().splitlines() if self.access_log.exists() else []
+
     def _config(self) -> str:
         user = "user root;\n" if os.geteuid() == 0 else ""
         temp = "".join(
             f"  {kind}_temp_path {self.work}/tmp;\n"
             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
         )
+        buffer = " buffer=256k flush=1s" if self.buffered_log else ""
         servers = [self._server(f"listen 127.0.0.1:{self.port} backlog=4096;")]
         servers += [self._tls_server(site) for site in self.sites]
         return (
@@ -108,7 +127,7 @@ class Nginx:
             "http {\n"
             "  log_format depot '$msec $status $request_method $uri $bytes_sent "
             "$request_length $request_time';\n"
-            f"  access_log {self.access_log} depot buffer=256k flush=1s;\n"
+            f"  access_log {self.access_log} depot{buffer};\n"
             "  sendfile on;\n  tcp_nopush on;\n"
             "  types { application/json json; }\n  default_type application/octet-stream;\n"
             f"{temp}" + "".join(servers) + "}\n"

@@ -26,13 +26,14 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from bench.depot_load.proxy import CountingProxy
+from bench.depot_load.servers import Nginx, ensure_binary
+from bench.depot_load.settings import DEPOT_PREFIX, NGINX
 from inference_image.release import release_present
 from tests.conftest import docker_engine
 from tests.depot import publish
@@ -103,71 +104,6 @@ def releases(tmp_path_factory, docker_client) -> dict[str, Path]:
             docker_client.images.get(image_id).tag(repository, name)
 
 
-class Nginx:
-    """A real nginx serving `root` on a free port of 127.0.0.1."""
-
-    def __init__(self, root: Path, work: Path):
-        self.binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.root, self.work, self.port = root, work, free_port()
-        self.process: subprocess.Popen | None = None
-        (work / "logs").mkdir(parents=True, exist_ok=True)
-        (work / "nginx.conf").write_text(
-            f"""
-user root;
-pid {work}/nginx.pid;
-error_log {work}/logs/error.log;
-worker_processes 1;
-events {{ worker_connections 64; }}
-http {{
-  access_log {work}/logs/access.log;
-  client_body_temp_path {work}/tmp;
-  proxy_temp_path {work}/tmp;
-  fastcgi_temp_path {work}/tmp;
-  uwsgi_temp_path {work}/tmp;
-  scgi_temp_path {work}/tmp;
-  server {{
-    listen 127.0.0.1:{self.port};
-    root {root};
-    # get_url sends the cached copy's mtime: 304 when the file is not newer.
-    if_modified_since before;
-    location / {{ autoindex off; }}
-  }}
-}}
-"""
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.binary, "-p", self.work, "-c", self.work / "nginx.conf", "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), 1),
-            ):
-                return
-            assert self.process.poll() is None, self.process.stderr.read().decode()
-            time.sleep(0.1)
-        raise AssertionError("nginx did not listen")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-        self.process = None
-
-    def requests(self) -> list[str]:
-        path = self.work / "logs" / "access.log"
-        return path.read_text().splitlines() if path.exists() else []
-
-
 FIGURES: dict = {}
 
 
@@ -183,13 +119,9 @@ def save_figures(**values) -> None:
 
 
 @pytest.fixture(scope="module")
-def nginx_binary():
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(binary).exists():
-        result = run(["apt-get", "install", "-y", "-q", "nginx-light"])
-        if result.returncode != 0 or not Path(binary).exists():
-            pytest.skip(f"nginx-light cannot be installed: {result.stderr[-300:]}")
-    return binary
+def nginx_binary() -> str:
+    """Debian's nginx-light (scripts/ensure-test-tools.sh installs it)."""
+    return ensure_binary(NGINX, install=False)
 
 
 class TreeMemory(threading.Thread):
@@ -351,7 +283,7 @@ def truck_factory(tmp_path, docker_client):
 def test_sync_from_an_http_depot(tmp_path, releases, nginx_binary, truck_factory):
     depot = tmp_path / "depot"
     (depot / "channels").mkdir(parents=True)
-    nginx = Nginx(depot, tmp_path / "nginx")
+    nginx = Nginx(tmp_path / "nginx", depot, buffered_log=False)
     nginx.start()
     try:
         truck = truck_factory(nginx.url)
@@ -383,7 +315,7 @@ def test_sync_from_an_http_depot(tmp_path, releases, nginx_binary, truck_factory
         before = len(nginx.requests())
         proxy = CountingProxy(nginx.port)
         try:
-            result, record = truck.sync(edge_manager_depot=proxy.url)
+            result, record = truck.sync(edge_manager_depot=proxy.url + DEPOT_PREFIX)
             flows = proxy.take()
         finally:
             proxy.close()
