@@ -6,7 +6,9 @@ Layout::
     schema.json         {"features": [...names in dataset order...], "missing": ["na", null]}
     model_card.json     version, data checksums, parameters, threshold, metrics
     smoke_vectors.json  [{"inputs": [float | null, ...], "probability": p, "label": "pos"|"neg"}]
-    SHA256SUMS          `sha256sum` format over the four files above
+    reference.json      training reference for drift (inference_image.drift); optional: a
+                        bundle without one serves without drift metrics
+    SHA256SUMS          `sha256sum` format over the files above
 
 The bundle's digest is the sha256 of SHA256SUMS: it changes whenever any file does.
 """
@@ -27,7 +29,8 @@ SCHEMA_FILE = "schema.json"
 CARD_FILE = "model_card.json"
 SMOKE_FILE = "smoke_vectors.json"
 SUMS_FILE = "SHA256SUMS"
-CONTENT_FILES = (MODEL_FILE, SCHEMA_FILE, CARD_FILE, SMOKE_FILE)
+REFERENCE_FILE = "reference.json"
+CONTENT_FILES = (MODEL_FILE, SCHEMA_FILE, CARD_FILE, SMOKE_FILE)  # required
 
 
 class BundleError(ValueError):
@@ -43,6 +46,7 @@ class ModelBundle:
     threshold: float
     card: dict[str, Any]
     smoke_vectors: list[dict[str, Any]]
+    reference: dict[str, Any] | None = None  # reference.json, when the bundle has one
 
     @property
     def model_path(self) -> Path:
@@ -70,6 +74,7 @@ def write_bundle(
     feature_names: list[str],
     card: dict[str, Any],
     smoke_vectors: list[dict[str, Any]],
+    reference: dict[str, Any] | None = None,
 ) -> Path:
     """Write a bundle atomically; refuse to replace an existing one (bundles are immutable)."""
     out_dir = Path(out_dir)
@@ -86,9 +91,13 @@ def write_bundle(
         )
         _dump_json(staging / CARD_FILE, card)
         _dump_json(staging / SMOKE_FILE, smoke_vectors)
-        sums = "".join(f"{sha256_file(staging / name)}  {name}\n" for name in CONTENT_FILES)
+        names = list(CONTENT_FILES)
+        if reference is not None:
+            _dump_json(staging / REFERENCE_FILE, reference)
+            names.append(REFERENCE_FILE)
+        sums = "".join(f"{sha256_file(staging / name)}  {name}\n" for name in names)
         (staging / SUMS_FILE).write_text(sums)
-        for name in (*CONTENT_FILES, SUMS_FILE):
+        for name in (*names, SUMS_FILE):
             os.chmod(staging / name, 0o444)
         os.chmod(staging, 0o555)
         staging.rename(out_dir)
@@ -112,6 +121,8 @@ def verify_bundle(path: Path) -> str:
             raise BundleError(f"{sums_path}:{number}: malformed checksum line")
         expected[name] = digest
     missing = [name for name in CONTENT_FILES if name not in expected]
+    if (path / REFERENCE_FILE).exists() and REFERENCE_FILE not in expected:
+        missing.append(REFERENCE_FILE)  # present but unchecked: it would be read unverified
     if missing:
         raise BundleError(f"{sums_path} does not cover {', '.join(missing)}")
     for name, digest in expected.items():
@@ -135,6 +146,8 @@ def load_bundle(path: Path) -> ModelBundle:
         schema = json.loads((path / SCHEMA_FILE).read_text())
         card = json.loads((path / CARD_FILE).read_text())
         smoke_vectors = json.loads((path / SMOKE_FILE).read_text())
+        reference_path = path / REFERENCE_FILE
+        reference = json.loads(reference_path.read_text()) if reference_path.is_file() else None
         features = tuple(schema["features"])
         threshold = float(card["threshold"])
         version = str(card["version"])
@@ -148,4 +161,5 @@ def load_bundle(path: Path) -> ModelBundle:
         threshold=threshold,
         card=card,
         smoke_vectors=smoke_vectors,
+        reference=reference,
     )

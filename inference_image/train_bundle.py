@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from .bundle import ModelBundle, load_bundle, write_bundle
+from .bundle import REFERENCE_FILE, ModelBundle, load_bundle, write_bundle
 from .contract import MODEL_NAME
 from .cost import FALSE_NEGATIVE_COST, FALSE_POSITIVE_COST
 from .data import ApsDataset, find_test_file, find_training_file, load_aps_csv
+from .drift import build_reference
 from .evaluation import RepeatedEstimate, repeated_nested_cv
 from .schema import APS_FEATURES
 from .smoke_vectors import build_smoke_vectors, edge_rows, select_rows
@@ -128,5 +129,20 @@ def train_to_bundle(
         "data": {"train": _data_record(train), "test": test_record},
         "metrics": {"out_of_fold": out_of_fold, "repeated_cv": repeated, "test": test_metrics},
     }
-    bundle_dir = write_bundle(Path(out_dir), model_json, list(APS_FEATURES), card, smoke)
+    # What the truck compares its requests with (drift): the training rows, as this model
+    # sees them.
+    reference = build_reference(
+        train.features,
+        APS_FEATURES,
+        model.probabilities(train.features) >= model.threshold,
+        train.labels,
+    )
+    card["drift_reference"] = {
+        "file": REFERENCE_FILE,
+        "rows": "the training rows",
+        "positive_rate": "the final model's predicted-positive rate on them (in-sample)",
+    }
+    bundle_dir = write_bundle(
+        Path(out_dir), model_json, list(APS_FEATURES), card, smoke, reference.as_dict()
+    )
     return TrainingSummary(load_bundle(bundle_dir), round(time.monotonic() - started, 1))

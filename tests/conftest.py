@@ -35,6 +35,7 @@ from bench.broker import (  # noqa: F401 - re-exported for the MQTT tests
 )
 from bench.broker import MosquittoBroker as _BenchBroker
 from inference_image.bundle import ModelBundle, load_bundle, write_bundle
+from inference_image.drift import build_reference
 from inference_image.predictor import NativePredictor
 from inference_image.schema import APS_FEATURES
 
@@ -73,6 +74,7 @@ def build_bundle(
     probabilities: np.ndarray,
     threshold: float = TINY_THRESHOLD,
     version: str = TINY_VERSION,
+    reference: dict | None = None,
 ) -> Path:
     smoke_vectors = [
         {
@@ -90,7 +92,7 @@ def build_bundle(
         "data": {"kind": "synthetic", "rows": 600},
         "metrics": {},
     }
-    return write_bundle(out_dir, model_json, list(APS_FEATURES), card, smoke_vectors)
+    return write_bundle(out_dir, model_json, list(APS_FEATURES), card, smoke_vectors, reference)
 
 
 @pytest.fixture(scope="session")
@@ -121,18 +123,31 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     model_path.write_bytes(model_json)
     predictor = NativePredictor(model_path, nthread=1)
     probabilities = predictor.predict_proba(smoke_rows)
+    # The drift reference of its training rows, as train_bundle builds one.
+    reference = build_reference(
+        features, APS_FEATURES, predictor.predict_proba(features) >= TINY_THRESHOLD, labels
+    ).as_dict()
     predictor.close()
     assert {"pos", "neg"} <= {
         "pos" if p >= TINY_THRESHOLD else "neg" for p in probabilities.tolist()
     }, "the smoke vectors should cover both labels"
-    return {"model_json": model_json, "smoke_rows": smoke_rows, "probabilities": probabilities}
+    return {
+        "model_json": model_json,
+        "smoke_rows": smoke_rows,
+        "probabilities": probabilities,
+        "reference": reference,
+    }
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_model: dict) -> ModelBundle:
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     build_bundle(
-        out, tiny_model["model_json"], tiny_model["smoke_rows"], tiny_model["probabilities"]
+        out,
+        tiny_model["model_json"],
+        tiny_model["smoke_rows"],
+        tiny_model["probabilities"],
+        reference=tiny_model["reference"],
     )
     return load_bundle(out)
 

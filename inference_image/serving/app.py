@@ -16,12 +16,14 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, NotFound
 
 from inference_image.bundle import ModelBundle, load_bundle
+from inference_image.drift import DriftReference, DriftReferenceError
 
 from . import metadata
 from .config import ServingConfig
+from .drift_window import DriftWindow
 from .endpoints import PredictionEndpoints
 from .fastpath import HotRoutes
-from .metrics import UNMATCHED_ENDPOINT, ServingMetrics
+from .metrics import UNMATCHED_ENDPOINT, ServingMetrics, multiprocess_dir
 from .model import SMOKE_TOLERANCE, ServedModel, check_smoke_vectors
 from .openapi import build_openapi
 from .payloads import PayloadError
@@ -93,6 +95,22 @@ def _install_metrics_hooks(app: Flask, metrics: ServingMetrics) -> None:
         return response
 
 
+def drift_window(bundle: ModelBundle, config: ServingConfig) -> DriftWindow | None:
+    """The sliding window of what this container is asked about, when the bundle has a
+    training reference (counted per worker in the metrics directory, if there is one)."""
+    if bundle.reference is None:
+        return None
+    try:
+        reference = DriftReference.from_dict(bundle.reference, bundle.feature_names)
+    except DriftReferenceError as exc:  # monitoring must not stop the model from serving
+        log.error("bundle %s: no drift metrics: %s", bundle.version, exc)
+        return None
+    directory = multiprocess_dir()
+    return DriftWindow(
+        reference, config.drift_window_seconds, Path(directory) if directory else None
+    )
+
+
 def create_app(bundle: ModelBundle | Path, config: ServingConfig | None = None) -> Flask:
     """Load the bundle's model once, verify its smoke vectors, and return the WSGI app."""
     config = config or ServingConfig()
@@ -100,7 +118,10 @@ def create_app(bundle: ModelBundle | Path, config: ServingConfig | None = None) 
         bundle = load_bundle(Path(bundle))
     model = ServedModel(bundle, config)
     metrics = ServingMetrics(bundle.version, bundle.sha256)
-    endpoints = PredictionEndpoints(model, metrics, config, bundle.version)
+    drift = drift_window(bundle, config)
+    if drift is not None:
+        metrics.watch_drift(drift)
+    endpoints = PredictionEndpoints(model, metrics, config, bundle.version, drift)
     name, version = config.model_name, bundle.version
 
     app = Flask(__name__, static_folder=None)

@@ -66,9 +66,12 @@ class ServingConfig:
     mqtt: MqttSettings | None = None
     # host:port of the gRPC endpoint (LINKEDGE_HOST, LINKEDGE_GRPC_PORT); None: no gRPC.
     grpc_address: str | None = None
+    # The sliding window drift is computed over (LINKEDGE_DRIFT_WINDOW_SECONDS), when the
+    # bundle carries a training reference.
+    drift_window_seconds: int = 3600
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_rows", "xgboost_nthread"):
+        for name in ("max_body_bytes", "max_rows", "xgboost_nthread", "drift_window_seconds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ServingConfig.{name} must be a positive integer, got {value!r}")
@@ -82,11 +85,11 @@ class ServingConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingConfig:
         """Defaults overridden by LINKEDGE_MAX_BODY_BYTES, LINKEDGE_MAX_ROWS,
-        LINKEDGE_XGBOOST_NTHREAD, LINKEDGE_API_TOKEN_FILE (the file holding the API
-        token), LINKEDGE_GRPC_PORT (with LINKEDGE_HOST: the gRPC endpoint; unset or empty:
-        none) and the MQTT adapter's LINKEDGE_MQTT_* (:mod:`.mqtt_config`); a bad value, or a
-        token or password file that is unreadable or empty, raises ValueError naming the
-        variable."""
+        LINKEDGE_XGBOOST_NTHREAD, LINKEDGE_DRIFT_WINDOW_SECONDS, LINKEDGE_API_TOKEN_FILE (the
+        file holding the API token), LINKEDGE_GRPC_PORT (with LINKEDGE_HOST: the gRPC
+        endpoint; unset or empty: none) and the MQTT adapter's LINKEDGE_MQTT_*
+        (:mod:`.mqtt_config`); a bad value, or a token or password file that is unreadable or
+        empty, raises ValueError naming the variable."""
         from .mqtt_config import MqttSettings  # it imports this module
 
         env = os.environ if environ is None else environ
@@ -108,4 +111,7 @@ class ServingConfig:
             api_token=None if token_file is None else read_token_file(Path(token_file.strip())),
             mqtt=MqttSettings.from_env(env),
             grpc_address=grpc_address_env(env),
+            drift_window_seconds=positive_int_env(
+                env, "LINKEDGE_DRIFT_WINDOW_SECONDS", defaults.drift_window_seconds
+            ),
         )

@@ -20,6 +20,7 @@ import numpy as np
 from . import binary
 from .auth import BearerAuth
 from .config import ServingConfig
+from .drift_window import DriftWindow
 from .metrics import ServingMetrics
 from .model import ServedModel
 from .payloads import InferParser, PayloadError, RecordParser, read_infer_body, read_json_body
@@ -45,10 +46,12 @@ class PredictionEndpoints:
         metrics: ServingMetrics,
         config: ServingConfig,
         model_version: str,
+        drift: DriftWindow | None = None,
     ) -> None:
         features = model.bundle.feature_names
         self.model = model
         self.metrics = metrics
+        self.drift = drift
         self.max_body_bytes = config.max_body_bytes
         self.max_rows = config.max_rows
         self.records = RecordParser(features, config.max_rows)
@@ -70,6 +73,8 @@ class PredictionEndpoints:
         probabilities, positive = self.model.predict(rows)
         n_positive = int(np.count_nonzero(positive))
         self.metrics.count_predictions(n_positive, len(positive) - n_positive)
+        if self.drift is not None:
+            self.drift.observe(rows, positive)
         return probabilities, positive
 
     def predict(self, environ: Mapping[str, Any]) -> tuple[bytes, Headers]:

@@ -8,6 +8,8 @@ per-process files and /metrics renders them all through the multiprocess collect
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,6 +21,10 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+from prometheus_client.core import GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from .drift_window import DriftWindow
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Why a gunicorn worker closed a connection (linkedge_connections_closed_total{reason}).
@@ -140,6 +146,71 @@ class MqttMetrics:
             self._outcomes[outcome].inc(amount)
 
 
+class DriftCollector:
+    """The drift window compared with the bundle's reference, computed at each scrape:
+    ``linkedge_drift_*`` (see inference_image.drift)."""
+
+    def __init__(self, window: DriftWindow) -> None:
+        self.window = window
+
+    def describe(self) -> list:
+        return []  # computed at collect time; nothing to check at registration
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        summary = self.window.summary()
+        reference = self.window.reference
+        yield GaugeMetricFamily(
+            "linkedge_drift_window_rows",
+            f"Rows the model was asked about in the drift window ({self.window.window_seconds} s).",
+            value=summary.rows,
+        )
+        yield GaugeMetricFamily(
+            "linkedge_drift_reference_positive_rate",
+            "The model's predicted-positive rate on its training reference rows.",
+            value=reference.positive_rate,
+        )
+        if summary.positive_rate is not None:
+            yield GaugeMetricFamily(
+                "linkedge_drift_positive_rate",
+                "Predicted-positive rate in the drift window.",
+                value=summary.positive_rate,
+            )
+            yield GaugeMetricFamily(
+                "linkedge_drift_positive_rate_change",
+                "Predicted-positive rate in the window minus the reference's.",
+                value=summary.positive_rate_change,
+            )
+        psi = GaugeMetricFamily(
+            "linkedge_drift_psi",
+            "Population stability index of a feature's values in the window against the "
+            "training reference (features with enough values only).",
+            labels=("feature",),
+        )
+        for feature, value in summary.psi.items():
+            psi.add_metric((feature,), value)
+        yield psi
+        if summary.psi_max is not None:
+            yield GaugeMetricFamily(
+                "linkedge_drift_psi_max",
+                "The largest linkedge_drift_psi of any feature.",
+                value=summary.psi_max,
+            )
+        missing = GaugeMetricFamily(
+            "linkedge_drift_missing_rate_change",
+            "A feature's missing rate in the window minus its training missing rate.",
+            labels=("feature",),
+        )
+        for feature, value in summary.missing_rate_change.items():
+            missing.add_metric((feature,), value)
+        yield missing
+        if summary.missing_rate_change:
+            yield GaugeMetricFamily(
+                "linkedge_drift_missing_rate_change_max",
+                "The largest absolute linkedge_drift_missing_rate_change of any feature.",
+                value=max(abs(v) for v in summary.missing_rate_change.values()),
+            )
+
+
 class ServingMetrics:
     """The four LinkEdge metrics; label children are cached so a request costs two dict hits."""
 
@@ -218,6 +289,10 @@ class ServingMetrics:
         if self._mqtt is None:
             self._mqtt = MqttMetrics(self.registry)
         return self._mqtt
+
+    def watch_drift(self, window: DriftWindow) -> None:
+        """Expose the drift window's comparison with the reference at every scrape."""
+        self._exposed.register(DriftCollector(window))
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its Content-Type."""

@@ -30,6 +30,8 @@ from inference_image import contract
 from inference_image.bundle import BundleError, load_bundle
 
 from .config import STUCK_WORKER_GRACE_SECONDS, ServingConfig, positive_int_env, tcp_port_env
+from .drift_window import FILE_PREFIX as DRIFT_FILE_PREFIX
+from .drift_window import FILE_SUFFIX as DRIFT_FILE_SUFFIX
 from .grpc_server import check_address
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # duplicated: importing .metrics would be too early
@@ -63,6 +65,8 @@ def prepare_multiprocess_dir() -> Path:
         for kind in ("counter", "gauge_*", "histogram", "summary"):
             for stale in path.glob(f"{kind}_*.db"):
                 stale.unlink()
+        for stale in path.glob(f"{DRIFT_FILE_PREFIX}*{DRIFT_FILE_SUFFIX}"):  # drift windows
+            stale.unlink()
     else:
         path = Path(tempfile.mkdtemp(prefix="linkedge-prometheus-"))
         os.environ[MULTIPROC_ENV] = str(path)

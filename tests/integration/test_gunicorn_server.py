@@ -204,6 +204,9 @@ def test_two_workers_serve_and_aggregate_metrics(server: Server, tiny_bundle: Mo
         assert samples[("linkedge_request_duration_seconds_count", duration)] == len(sent_jobs)
         info = frozenset({("version", tiny_bundle.version), ("bundle_sha256", tiny_bundle.sha256)})
         assert samples[("linkedge_model_info", info)] == 1
+        # Drift: every worker's rows, counted in its own file, are in the one window.
+        assert samples[("linkedge_drift_window_rows", frozenset())] == len(sent_jobs)
+    assert len(list(server.metrics_dir.glob("drift-*.counts"))) == 2
 
     workers = list(per_worker)
     assert server.stop() == 0, server.log()
