@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Idempotent: Debian packages the tests drive for real (a local registry for the push test, the
 # Mosquitto broker and clients the mqtt_passwd module tests start and connect to, nginx as the
-# depot of the pull-mode and depot-load tests).
+# depot of the pull-mode and depot-load tests, promtool for the fleet's alert rules).
 set -euo pipefail
 missing=()
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 { [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1; } || missing+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # Debian's Docker SDK (5.0.3): the module tests also run against the SDK trucks really have.
 /usr/bin/python3 -c 'import docker' 2>/dev/null || missing+=(python3-docker)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,0 +1,51 @@
+"""The fleet's alert rules (monitoring/prometheus): checked and unit-tested by Debian's promtool,
+and every LinkEdge metric they read is one the served model really exports."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from inference_image.bundle import ModelBundle
+from inference_image.serving.app import create_app
+from tests.conftest import synthetic_aps
+
+from .test_app import metric_samples, post_json
+from .test_drift_metrics import records
+
+RULES_DIR = Path(__file__).resolve().parents[2] / "monitoring" / "prometheus"
+RULES = RULES_DIR / "linkedge-rules.yml"
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    binary = shutil.which("promtool")
+    if binary is None:
+        pytest.skip("promtool is missing: apt-get install prometheus (make test-tools)")
+    return binary
+
+
+def test_promtool_checks_the_rules_and_passes_their_tests(promtool: str) -> None:
+    check = subprocess.run([promtool, "check", "rules", RULES], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS: 4 rules found" in check.stdout
+    test = subprocess.run(
+        [promtool, "test", "rules", RULES_DIR / "linkedge-rules.test.yml"],
+        capture_output=True,
+        text=True,
+    )
+    assert test.returncode == 0, test.stdout + test.stderr
+
+
+def test_every_linkedge_metric_the_rules_read_is_served(tiny_bundle: ModelBundle) -> None:
+    read = set(re.findall(r"\b(linkedge_[a-z_]+)\b", RULES.read_text()))
+    assert "linkedge_drift_psi_max" in read
+    client = create_app(tiny_bundle).test_client()
+    rows, _ = synthetic_aps(200, seed=5)
+    assert post_json(client, "/predict", {"instances": records(rows)}).status_code == 200
+    served = {name for name, _ in metric_samples(client)}
+    assert read <= served, sorted(read - served)
