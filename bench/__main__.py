@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .broker import BrokerError
+from .capture import CaptureBench, capture_markdown
 from .grpc_case import GrpcBench
 from .grpc_report import grpc_markdown
 from .mqtt import MqttBench, mqtt_markdown
@@ -24,7 +25,7 @@ from .tools import REPO, BenchSetupError, bench_python, ensure_bench_venv, ensur
 
 DEFAULT_OUT = REPO / "bench" / "results"
 # not throughput cases: resilience.py, mqtt.py, grpc_case.py
-SPECIAL_CASES = ("slow-clients", "soak", "mqtt", "grpc")
+SPECIAL_CASES = ("slow-clients", "soak", "mqtt", "grpc", "capture")
 GRPC_SECONDS = 6.0  # --case grpc: per case and server (3 rounds of 2 s; 6 cases, 3 targets)
 GRPC_QUIET_WAIT = 20.0  # --case grpc: per case, at most
 
@@ -105,6 +106,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="soak: seconds of load between two memory samples (default 5)",
     )
     parser.add_argument(
+        "--capture-rate",
+        type=float,
+        default=0.01,
+        help="capture: share of the neg answers captured (every pos is; default 0.01)",
+    )
+    parser.add_argument(
         "--mqtt-seconds", type=float, help="mqtt: seconds per MQTT case (default 12, smoke 3)"
     )
     parser.add_argument(
@@ -167,10 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: --case {special[0]} runs on its own", file=sys.stderr)
         return 2
     with_mlserver = (args.mlserver or not smoke) and not args.no_mlserver
-    if special in (["soak"], ["mqtt"]):
+    if special in (["soak"], ["mqtt"], ["capture"]):
         with_mlserver = False  # the soak is about LinkEdge's own memory; MQTT is LinkEdge's
     grpc = special == ["grpc"]
-    plot = not args.no_plot and special not in (["mqtt"], ["grpc"])  # plot.py: neither
+    plot = not args.no_plot and special not in (["mqtt"], ["grpc"], ["capture"])  # plot.py: no
     try:
         if args.build:
             build(args.image, args.bundle)
@@ -204,12 +211,14 @@ def main(argv: list[str] | None = None) -> int:
             mqtt_durable_messages=args.mqtt_durable_messages or (200 if smoke else 2000),
             grpc_concurrency=numbers(args.grpc_concurrency, (2,) if smoke else (1, 4, 16)),
             grpc_channels=args.grpc_channels,
+            capture_rate=args.capture_rate,
         )
         runner = {
             "slow-clients": SlowClientBench,
             "soak": SoakBench,
             "mqtt": MqttBench,
             "grpc": GrpcBench,
+            "capture": CaptureBench,
         }.get(special[0] if special else "", Bench)
         report = runner(settings, wrk).run()
     except (
@@ -231,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "soak": soak_markdown,
         "mqtt": mqtt_markdown,
         "grpc": grpc_markdown,
+        "capture": capture_markdown,
     }.get(name, markdown)
     table = render(report)
     (args.out / f"{name}.md").write_text(table)

@@ -40,6 +40,7 @@ class Settings:
     mlserver_venv: Path | None = None  # None: LinkEdge only
     workdir: Path | None = None
     cases: tuple[str, ...] = ()  # keys of the standard cases to run; empty: all of them
+    capture_rate: float = 0.01  # --case capture: LINKEDGE_CAPTURE_RATE of the capturing one
     # --case slow-clients (bench/resilience.py)
     slow_seconds: float = 40.0  # each phase: alone, then beside the slow clients
     slow_connections: int = 64

@@ -19,6 +19,7 @@ from inference_image.bundle import ModelBundle, load_bundle
 from inference_image.drift import DriftReference, DriftReferenceError
 
 from . import metadata
+from .capture import RequestCapture
 from .config import ServingConfig
 from .drift_window import DriftWindow
 from .endpoints import PredictionEndpoints
@@ -121,7 +122,11 @@ def create_app(bundle: ModelBundle | Path, config: ServingConfig | None = None) 
     drift = drift_window(bundle, config)
     if drift is not None:
         metrics.watch_drift(drift)
-    endpoints = PredictionEndpoints(model, metrics, config, bundle.version, drift)
+    capture = None
+    if config.capture is not None:
+        capture = RequestCapture(config.capture, bundle.version)
+        metrics.watch_capture(capture.spool)
+    endpoints = PredictionEndpoints(model, metrics, config, bundle.version, drift, capture)
     name, version = config.model_name, bundle.version
 
     app = Flask(__name__, static_folder=None)

@@ -8,9 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from inference_image.contract import DEFAULT_GRPC_PORT, ENV_GRPC_PORT, ENV_HOST, MODEL_NAME
+from inference_image.contract import (
+    DEFAULT_GRPC_PORT,
+    ENV_CHECK_PORT,
+    ENV_GRPC_PORT,
+    ENV_HOST,
+    MODEL_NAME,
+)
 
 from .auth import TOKEN_FILE_ENV, read_token_file
+from .capture import CaptureSettings
 
 if TYPE_CHECKING:
     from .mqtt_config import MqttSettings
@@ -69,6 +76,10 @@ class ServingConfig:
     # The sliding window drift is computed over (LINKEDGE_DRIFT_WINDOW_SECONDS), when the
     # bundle carries a training reference.
     drift_window_seconds: int = 3600
+    # Data capture into a spool (LINKEDGE_CAPTURE_*); None: no capture.
+    capture: CaptureSettings | None = None
+    # LINKEDGE_CHECK_PORT: requests there are checks (not observed by drift and capture).
+    check_port: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_rows", "xgboost_nthread", "drift_window_seconds"):
@@ -88,8 +99,9 @@ class ServingConfig:
         LINKEDGE_XGBOOST_NTHREAD, LINKEDGE_DRIFT_WINDOW_SECONDS, LINKEDGE_API_TOKEN_FILE (the
         file holding the API token), LINKEDGE_GRPC_PORT (with LINKEDGE_HOST: the gRPC
         endpoint; unset or empty: none) and the MQTT adapter's LINKEDGE_MQTT_*
-        (:mod:`.mqtt_config`); a bad value, or a token or password file that is unreadable or
-        empty, raises ValueError naming the variable."""
+        (:mod:`.mqtt_config`) and LINKEDGE_CAPTURE_* (:mod:`.capture`); a bad value, or a
+        token or password file that is unreadable or empty, raises ValueError naming the
+        variable."""
         from .mqtt_config import MqttSettings  # it imports this module
 
         env = os.environ if environ is None else environ
@@ -114,4 +126,8 @@ class ServingConfig:
             drift_window_seconds=positive_int_env(
                 env, "LINKEDGE_DRIFT_WINDOW_SECONDS", defaults.drift_window_seconds
             ),
+            capture=CaptureSettings.from_env(env),
+            check_port=tcp_port_env(env, ENV_CHECK_PORT, 1)
+            if (env.get(ENV_CHECK_PORT) or "").strip()
+            else None,
         )

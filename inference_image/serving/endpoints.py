@@ -19,6 +19,7 @@ import numpy as np
 
 from . import binary
 from .auth import BearerAuth
+from .capture import RequestCapture
 from .config import ServingConfig
 from .drift_window import DriftWindow
 from .metrics import ServingMetrics
@@ -47,11 +48,14 @@ class PredictionEndpoints:
         config: ServingConfig,
         model_version: str,
         drift: DriftWindow | None = None,
+        capture: RequestCapture | None = None,
     ) -> None:
         features = model.bundle.feature_names
         self.model = model
         self.metrics = metrics
         self.drift = drift
+        self.capture = capture
+        self.check_port = None if config.check_port is None else str(config.check_port)
         self.max_body_bytes = config.max_body_bytes
         self.max_rows = config.max_rows
         self.records = RecordParser(features, config.max_rows)
@@ -68,19 +72,30 @@ class PredictionEndpoints:
         if not self.model.ready:
             raise PayloadError(f"model not ready: {self.model.not_ready_reason}", status=503)
 
-    def predict_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities and "pos" flags for validated rows, counted in the metrics."""
+    def predict_rows(
+        self, rows: np.ndarray, observed: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and "pos" flags for validated rows, counted in the metrics; OBSERVED
+        rows (traffic, not a check) also go into drift and capture."""
         probabilities, positive = self.model.predict(rows)
         n_positive = int(np.count_nonzero(positive))
         self.metrics.count_predictions(n_positive, len(positive) - n_positive)
-        if self.drift is not None:
+        if observed and self.drift is not None:
             self.drift.observe(rows, positive)
+        if observed and self.capture is not None:
+            self.metrics.count_captured(self.capture.observe(rows, probabilities, positive))
         return probabilities, positive
+
+    def observed(self, environ: Mapping[str, Any]) -> bool:
+        """False for a request on the check port (inference_container's smoke checks of a
+        new container): its rows are not what the truck sees."""
+        return self.check_port is None or environ.get("SERVER_PORT") != self.check_port
 
     def predict(self, environ: Mapping[str, Any]) -> tuple[bytes, Headers]:
         self.authorize(environ)
         self.require_ready()
-        (result,) = self.predict_documents([read_json_body(environ, self.max_body_bytes)])
+        document = read_json_body(environ, self.max_body_bytes)
+        (result,) = self.predict_documents([document], self.observed(environ))
         if type(result) is Prediction:
             return result.body, JSON_HEADERS
         try:
@@ -88,7 +103,9 @@ class PredictionEndpoints:
         finally:
             del result  # the traceback holds this frame: no reference cycle through it
 
-    def predict_documents(self, documents: Sequence[Any]) -> list[Prediction | PayloadError]:
+    def predict_documents(
+        self, documents: Sequence[Any], observed: bool = True
+    ) -> list[Prediction | PayloadError]:
         """Each document (a decoded ``/predict`` body: one record or ``{"instances": [...]}``)
         answered as ``/predict`` answers it: a :class:`Prediction`, or the PayloadError that
         names what is wrong with it. The rows of all valid documents are predicted together,
@@ -103,23 +120,26 @@ class PredictionEndpoints:
                 results[index] = exc.with_traceback(None)  # kept: no frames with it
                 continue
             if group and group_rows + len(rows) > self.max_rows:
-                self._predict_group(group, results)
+                self._predict_group(group, results, observed)
                 group, group_rows = [], 0
             group.append((index, rows))
             group_rows += len(rows)
         if group:
-            self._predict_group(group, results)
+            self._predict_group(group, results, observed)
         return results
 
-    def _predict_group(self, group: list[tuple[int, np.ndarray]], results: list[Any]) -> None:
+    def _predict_group(
+        self, group: list[tuple[int, np.ndarray]], results: list[Any], observed: bool
+    ) -> None:
         if len(group) == 1:
             index, rows = group[0]
-            probabilities, positive = self.predict_rows(rows)
+            probabilities, positive = self.predict_rows(rows, observed)
             results[index] = Prediction(
                 self.encoder.predictions(probabilities, positive), probabilities, positive
             )
             return
-        probabilities, positive = self.predict_rows(np.concatenate([rows for _, rows in group]))
+        all_rows = np.concatenate([rows for _, rows in group])
+        probabilities, positive = self.predict_rows(all_rows, observed)
         start = 0
         for index, rows in group:
             end = start + len(rows)
@@ -138,7 +158,7 @@ class PredictionEndpoints:
         # JSON (Content-Type application/json or none), or the binary tensor extension
         # when Inference-Header-Content-Length is present.
         parsed = self.tensors.parse(*read_infer_body(environ, self.max_body_bytes))
-        probabilities, positive = self.predict_rows(parsed.rows)
+        probabilities, positive = self.predict_rows(parsed.rows, self.observed(environ))
         body, json_length = self.encoder.inference(parsed, probabilities, positive)
         if json_length is None:
             return body, JSON_HEADERS

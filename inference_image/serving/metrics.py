@@ -21,9 +21,11 @@ from prometheus_client import (
     multiprocess,
     values,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
+    from inference_image.capture_spool import CaptureSpool
+
     from .drift_window import DriftWindow
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -211,6 +213,45 @@ class DriftCollector:
             )
 
 
+class CaptureCollector:
+    """The capture spool's state, read from its directory at each scrape (shared by the
+    workers, so no per-process values): ``linkedge_capture_spool_*``."""
+
+    def __init__(self, spool: CaptureSpool) -> None:
+        self.spool = spool
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        state = self.spool.state()
+        yield GaugeMetricFamily(
+            "linkedge_capture_spool_bytes",
+            "Bytes in the capture spool (sealed and open segments).",
+            value=state.sealed_bytes + state.open_bytes,
+        )
+        yield GaugeMetricFamily(
+            "linkedge_capture_spool_budget_bytes",
+            "The capture spool's byte budget.",
+            value=self.spool.budget_bytes,
+        )
+        yield GaugeMetricFamily(
+            "linkedge_capture_spool_segments",
+            "Sealed segments waiting to be collected.",
+            value=state.sealed_segments,
+        )
+        yield CounterMetricFamily(
+            "linkedge_capture_dropped_segments",
+            "Sealed segments deleted, oldest first, to stay within the budget.",
+            value=state.dropped_segments,
+        )
+        yield CounterMetricFamily(
+            "linkedge_capture_dropped_bytes",
+            "Bytes of the segments deleted to stay within the budget.",
+            value=state.dropped_bytes,
+        )
+
+
 class ServingMetrics:
     """The four LinkEdge metrics; label children are cached so a request costs two dict hits."""
 
@@ -289,6 +330,19 @@ class ServingMetrics:
         if self._mqtt is None:
             self._mqtt = MqttMetrics(self.registry)
         return self._mqtt
+
+    def watch_capture(self, spool: CaptureSpool) -> None:
+        """Count captured rows, and expose the spool's state at every scrape."""
+        self._captured = Counter(
+            "linkedge_capture_records",
+            "Rows captured into the spool (every pos answer, the others at the sampling rate).",
+            registry=self.registry,
+        )
+        self._exposed.register(CaptureCollector(spool))
+
+    def count_captured(self, records: int) -> None:
+        if records:
+            self._captured.inc(records)
 
     def watch_drift(self, window: DriftWindow) -> None:
         """Expose the drift window's comparison with the reference at every scrape."""

@@ -16,6 +16,7 @@ aggregates every worker.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import sys
@@ -81,12 +82,19 @@ def _child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    capture = getattr(server.app, "capture_settings", None)
+    if capture is not None:  # the worker's open capture segment, sealed for collection
+        try:
+            capture.spool().recover()
+        except OSError as exc:
+            server.log.warning("capture spool %s: %s", capture.directory, exc)
 
 
 class _LinkEdgeApplication(BaseApplication):
     def __init__(self, bundle_path: Path, config: ServingConfig, options: dict[str, Any]) -> None:
         self._bundle_path = bundle_path
         self._config = config
+        self.capture_settings = config.capture  # for _child_exit
         self._options = options
         super().__init__()
 
@@ -180,6 +188,8 @@ def run(
     if access_log is None:
         access_log = os.environ.get("LINKEDGE_ACCESS_LOG", "0") == "1"
     config = config or ServingConfig()
+    if check_port != config.check_port:  # the app tells checks from traffic by this port
+        config = dataclasses.replace(config, check_port=check_port)
     preload = config.xgboost_nthread == 1  # see the module docstring: libgomp and fork()
     # Every setting is checked before anything changes the process (environment, metrics).
     options = gunicorn_options(
@@ -209,6 +219,8 @@ def run(
     # when libgomp loads, so set it before anything loads libxgboost.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     prepare_multiprocess_dir()
+    if config.capture is not None:  # what a power cut or a crash left open, sealed now
+        config.capture.spool().recover()
     if config.mqtt is not None:
         from .mqtt_claims import forget_claims
 
@@ -226,8 +238,7 @@ def run_from_env(environ: Mapping[str, str] | None = None) -> None:
     try:
         port = tcp_port_env(env, contract.ENV_PORT, DEFAULT_PORT)
         workers_raw = env.get("LINKEDGE_WORKERS", "").strip()
-        check_raw = env.get(contract.ENV_CHECK_PORT, "").strip()
-        check_port = tcp_port_env(env, contract.ENV_CHECK_PORT, 1) if check_raw else None
+        config = ServingConfig.from_env(env)
         reuse_raw = env.get(contract.ENV_REUSE_PORT, "0").strip()
         if reuse_raw not in ("0", "1"):
             raise ValueError(f"{contract.ENV_REUSE_PORT} must be 0 or 1, got {reuse_raw!r}")
@@ -237,11 +248,11 @@ def run_from_env(environ: Mapping[str, str] | None = None) -> None:
             port=port,
             workers=positive_int_env(env, "LINKEDGE_WORKERS", 1) if workers_raw else None,
             timeout=positive_int_env(env, "LINKEDGE_REQUEST_TIMEOUT", 30),
-            config=ServingConfig.from_env(env),
+            config=config,
             access_log=env.get("LINKEDGE_ACCESS_LOG", "0") == "1",
             worker_class=(env.get("LINKEDGE_WORKER_CLASS") or "keepalive").strip(),
             reuse_port=reuse_raw == "1",
-            check_port=check_port,
+            check_port=config.check_port,
         )
     except (BundleError, ValueError) as exc:  # BundleError is a ValueError; named for clarity
         print(f"linkedge-serve: error: {exc}", file=sys.stderr)

@@ -26,6 +26,13 @@ import socket
 
 from ansible_collections.linkedge.edge.plugins.module_utils.contract import (
     API_TOKEN_MOUNT,
+    CAPTURE_ENV,
+    CAPTURE_MOUNT,
+    ENV_CAPTURE_BUDGET,
+    ENV_CAPTURE_DIR,
+    ENV_CAPTURE_RATE,
+    ENV_CAPTURE_SEGMENT,
+    ENV_CAPTURE_SEGMENT_SECONDS,
     ENV_CHECK_PORT,
     ENV_GRPC_PORT,
     ENV_HOST,
@@ -62,6 +69,7 @@ MQTT_ENV = (
     ENV_MQTT_STATE_DIR,
 )
 MANAGED_ENV = (
+    *CAPTURE_ENV,
     ENV_HOST,
     ENV_PORT,
     ENV_CHECK_PORT,
@@ -118,6 +126,9 @@ def desired_spec(params: dict, image) -> dict:
         "restart_policy": params["restart_policy"],
         "tmpfs_bytes": tmpfs,
     }
+    capture = capture_spec(params.get("capture"))
+    if capture is not None:  # absent otherwise, as mqtt
+        spec["capture"] = capture
     mqtt = mqtt_spec(params.get("mqtt"))
     if mqtt is not None:  # absent otherwise: the fingerprint of a container without MQTT stays
         spec["mqtt"] = mqtt
@@ -130,6 +141,44 @@ def desired_spec(params: dict, image) -> dict:
             )
         spec["grpc_port"] = grpc_port
     return spec
+
+
+def capture_spec(capture: dict | None) -> dict | None:
+    """The data capture settings of the serving container, checked; None: no capture."""
+    if not capture or not capture.get("dir"):
+        return None
+    rate = float(capture.get("rate", 0.01) if capture.get("rate") is not None else 0.01)
+    if not 0 <= rate <= 1:
+        raise SpecError(f"capture.rate must be between 0 and 1, got {rate}")
+    budget = parse_bytes(capture.get("budget") or "256m")
+    segment = parse_bytes(capture.get("segment") or "1m")
+    if segment < 1024 or budget < 2 * segment:
+        raise SpecError(
+            f"capture.budget ({budget} B) must hold two capture.segment ({segment} B) of at "
+            "least 1k"
+        )
+    seconds = int(capture.get("segment_seconds") or 300)
+    if seconds < 1:
+        raise SpecError(f"capture.segment_seconds must be at least 1, got {seconds}")
+    return {
+        "dir": str(capture["dir"]),
+        "rate": rate,
+        "budget": budget,
+        "segment": segment,
+        "segment_seconds": seconds,
+    }
+
+
+def capture_env_and_mounts(capture: dict) -> tuple[dict[str, str], dict[str, dict]]:
+    """LINKEDGE_CAPTURE_* and the spool's mount (read-write) of a serving container."""
+    env = {
+        ENV_CAPTURE_DIR: CAPTURE_MOUNT,
+        ENV_CAPTURE_RATE: repr(capture["rate"]),
+        ENV_CAPTURE_BUDGET: str(capture["budget"]),
+        ENV_CAPTURE_SEGMENT: str(capture["segment"]),
+        ENV_CAPTURE_SEGMENT_SECONDS: str(capture["segment_seconds"]),
+    }
+    return env, {capture["dir"]: {"bind": CAPTURE_MOUNT, "mode": "rw"}}
 
 
 def mqtt_spec(mqtt: dict | None) -> dict | None:
@@ -184,7 +233,7 @@ def user_env(env: dict | None) -> dict[str, str]:
     if managed:
         raise SpecError(
             f"env must not set {', '.join(managed)}: the module sets them from bind_address, "
-            "published_port and api_token_file"
+            "published_port, grpc_port, api_token_file, mqtt and capture"
         )
     return env
 
@@ -242,6 +291,10 @@ def create_kwargs(
     if spec.get("api_token_file"):
         env[ENV_TOKEN_FILE] = API_TOKEN_MOUNT
         mounts[spec["api_token_file"]] = {"bind": API_TOKEN_MOUNT, "mode": "ro"}
+    if spec.get("capture") and not candidate:  # a candidate's smoke checks are not data
+        capture_env, capture_mounts = capture_env_and_mounts(spec["capture"])
+        env.update(capture_env)
+        mounts.update(capture_mounts)
     if spec.get("mqtt") and not candidate:
         mqtt_env, mqtt_mounts = mqtt_env_and_mounts(spec["mqtt"], name)
         env.update(mqtt_env)

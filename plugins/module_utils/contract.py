@@ -94,6 +94,21 @@ MQTT_TRUCK_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"  # no "/", "+", "#": one
 MQTT_PASSWORD_MOUNT = "/run/secrets/linkedge-mqtt-password"
 MQTT_STATE_MOUNT = "/var/lib/linkedge/mqtt"  # answered message ids (survive a power cut)
 
+# Data capture (inference_image/serving/capture.py): a spool on a host directory.
+CAPTURE_MOUNT = "/var/lib/linkedge/capture"
+ENV_CAPTURE_DIR = "LINKEDGE_CAPTURE_DIR"  # unset: no capture
+ENV_CAPTURE_RATE = "LINKEDGE_CAPTURE_RATE"
+ENV_CAPTURE_BUDGET = "LINKEDGE_CAPTURE_BUDGET_BYTES"
+ENV_CAPTURE_SEGMENT = "LINKEDGE_CAPTURE_SEGMENT_BYTES"
+ENV_CAPTURE_SEGMENT_SECONDS = "LINKEDGE_CAPTURE_SEGMENT_SECONDS"
+CAPTURE_ENV = (
+    ENV_CAPTURE_DIR,
+    ENV_CAPTURE_RATE,
+    ENV_CAPTURE_BUDGET,
+    ENV_CAPTURE_SEGMENT,
+    ENV_CAPTURE_SEGMENT_SECONDS,
+)
+
 ENV_MQTT_HOST = "LINKEDGE_MQTT_HOST"  # unset: no MQTT adapter
 ENV_MQTT_PORT = "LINKEDGE_MQTT_PORT"
 ENV_MQTT_TRUCK = "LINKEDGE_MQTT_TRUCK"

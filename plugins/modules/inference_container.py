@@ -126,6 +126,40 @@ options:
           - Directory on the host, writable by the image's user, where the container logs the
             ids it answered, so a message redelivered after a power cut is not answered twice.
         type: path
+  capture:
+    description:
+      - Data capture, for bringing what the truck sees back to training. The serving container
+        writes every row it answers C(pos) and a sample of the others, with inputs, outputs,
+        model version and time, to a bounded, crash-safe spool in O(capture.dir)
+        (C(sealed/) holds the complete segments to collect). See C(docs/api.md), "Data
+        capture".
+      - The candidate never captures (its smoke checks are not data). Changing a setting
+        replaces the serving container, as any other option does.
+      - Omit for a container without capture.
+    type: dict
+    suboptions:
+      dir:
+        description: Directory on the host, writable by the image's user (10001), mounted
+          read-write.
+        type: path
+        required: true
+      rate:
+        description: Share of the C(neg) answers captured, from 0 to 1 (every C(pos) is).
+        type: float
+        default: 0.01
+      budget:
+        description: The spool's size limit (Docker notation, such as C(256m)); the oldest
+          sealed segments are deleted, and counted, to stay within it.
+        type: str
+        default: 256m
+      segment:
+        description: A segment is sealed (made collectable) at this size.
+        type: str
+        default: 1m
+      segment_seconds:
+        description: Or at this age.
+        type: int
+        default: 300
   memory:
     description: Memory limit (Docker notation, binary units such as C(512m) or C(1g)); swap is
       limited to the same value, so the container does not swap.
@@ -220,6 +254,13 @@ EXAMPLES = r"""
       username: linkedge-inference
       password_file: /etc/linkedge/mqtt-inference.password
       state_dir: /var/lib/linkedge/mqtt
+
+- name: Serve the release and capture every pos answer and 1 % of the others
+  linkedge.edge.inference_container:
+    image: linkedge/aps-classifier:1.4.0
+    capture:
+      dir: /var/lib/linkedge/capture
+      budget: 256m
 
 - name: Report a rollback without failing the play
   linkedge.edge.inference_container:
@@ -346,6 +387,16 @@ ARGUMENT_SPEC = dict(
             username=dict(type="str"),
             password_file=dict(type="path", no_log=False),
             state_dir=dict(type="path"),
+        ),
+    ),
+    capture=dict(
+        type="dict",
+        options=dict(
+            dir=dict(type="path", required=True),
+            rate=dict(type="float", default=0.01),
+            budget=dict(type="str", default="256m"),
+            segment=dict(type="str", default="1m"),
+            segment_seconds=dict(type="int", default=300),
         ),
     ),
     memory=dict(type="str", default="512m"),

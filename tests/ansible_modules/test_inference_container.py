@@ -422,3 +422,65 @@ def test_an_image_that_cannot_serve_grpc_is_refused_as_a_candidate(docker_client
         for container in containers_of(docker_client, service).values():
             container.remove(force=True)
         docker_client.images.remove(no_grpc.tag, force=True)
+
+
+def _predict_rows(port: int, rows: list[list]) -> None:
+    import urllib.request
+
+    features = len(rows[0])
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input-0",
+                    "shape": [len(rows), features],
+                    "datatype": "FP32",
+                    "data": [value for row in rows for value in row],
+                }
+            ]
+        }
+    ).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v2/models/aps-classifier/infer", data=body, method="POST"
+    )
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+
+
+@pytest.mark.usefixtures("migrate_queued_connections")
+def test_capture_spools_the_served_rows_on_the_host_and_not_the_checks(
+    docker_client, images, service, tmp_path
+):
+    """capture: the serving container writes what it answers to a spool on the host; its own
+    smoke checks (check port) and the candidate's are not captured; a switch leaves every
+    segment of the old container sealed, none twice."""
+    import os
+
+    from inference_image.capture_spool import read_segment
+
+    port = free_port()
+    spool = tmp_path / "capture"
+    spool.mkdir()
+    os.chown(spool, 10001, 10001)
+    capture = {"dir": str(spool), "rate": 1.0, "segment": "8k", "budget": "1m"}
+    run = deploy(service, images.v1, port, capture=capture)
+    assert run["outcome"] == "updated" and run["smoke_vectors_checked"] > 0, run.result
+    container = docker_client.containers.get(service)
+    mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
+    assert mounts["/var/lib/linkedge/capture"]["RW"] is True
+    assert deploy(service, images.v1, port, capture=capture)["changed"] is False
+
+    rows = [[float(row * 170 + column) for column in range(170)] for row in range(25)]
+    for start in range(0, 25, 5):
+        _predict_rows(port, rows[start : start + 5])
+    switched = deploy(service, images.v2, port, capture=capture)  # the old one stops
+    assert switched["outcome"] == "updated", switched.result
+    deadline = time.monotonic() + 30
+    while list((spool / "open").glob("*.jsonl")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # the new container holds no open segment until it is asked
+    kept = [item for path in sorted((spool / "sealed").iterdir()) for item in read_segment(path)]
+    assert [item["inputs"] for item in kept] == rows  # exactly the served rows, once, in order
+    assert {item["model_version"] for item in kept} == {images.v1.version}
+    refused = deploy(service, images.v2, port, capture={**capture, "rate": 2.0})
+    assert refused.failed and "capture.rate must be between 0 and 1" in refused.result["msg"]

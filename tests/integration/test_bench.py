@@ -166,3 +166,22 @@ def test_grpc_smoke_run_records_every_figure(built_image, real_bundle, tmp_path:
     table = (tmp_path / "grpc.md").read_text()
     assert table.startswith("| rows |") and "all answers correct" in table
     assert "caps the absolute gRPC figures" in table and table in result.stdout
+
+
+def test_capture_smoke_run_records_the_drop_and_a_whole_spool(
+    built_image, real_bundle, tmp_path: Path
+) -> None:
+    """``--case capture --smoke``: the image with capture off and on; both answer right, the
+    killed containers' spool is recovered and read back whole."""
+    extra = ("--case", "capture", "--capture-rate", "1")  # every answer: records for sure
+    result = run_bench(built_image.tag, real_bundle.path, tmp_path, *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "capture.json").read_text())
+    assert report["ok"] is True and report["verification"]["failures"] == []
+    capture = report["capture"]
+    entry = capture["cases"]["single-predict"]
+    assert entry["requests_per_s_off"] > 0 and entry["requests_per_s_on"] > 0
+    assert entry["drop"] == round(1 - entry["requests_per_s_on"] / entry["requests_per_s_off"], 4)
+    assert capture["rate"] == 1.0 and capture["segments"] >= 1 and capture["bytes"] > 0
+    assert capture["records"] >= 0.5 * entry["requests_per_s_on"]  # about a second of load
+    assert "| single-predict |" in (tmp_path / "capture.md").read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.procs import stop_process
 from inference_image.bundle import ModelBundle
+from inference_image.capture_spool import read_segment
 
 REPO = Path(__file__).resolve().parents[2]
 N_REQUESTS = 50
@@ -600,3 +602,45 @@ def test_an_empty_or_unreadable_token_file_stops_the_server(
     lines = started.log().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("linkedge-serve: error: LINKEDGE_API_TOKEN_FILE")
     assert ("cannot be read" if content is None else "is empty") in lines[0]
+
+
+def test_capture_spool_across_workers_a_killed_worker_and_the_shutdown(
+    tiny_bundle: ModelBundle, tmp_path: Path
+) -> None:
+    """Two workers capture every row (rate 1) into one spool; a worker killed mid-run has its
+    open segment sealed by the master, the others are sealed at shutdown: every answered row
+    is in a sealed segment, none twice, and nothing stays open."""
+    spool = tmp_path / "capture"
+    server = Server(
+        tiny_bundle.path,
+        tmp_path,
+        nthread=1,
+        via_env=True,
+        extra_env={"LINKEDGE_CAPTURE_DIR": str(spool), "LINKEDGE_CAPTURE_RATE": "1"},
+    )
+    try:
+        server.wait_ready()
+        workers = server.wait_workers(2)
+        vector = tiny_bundle.smoke_vectors[3]
+        record = dict(zip(tiny_bundle.feature_names, vector["inputs"], strict=True))
+
+        def predict(number: int) -> int:
+            return requests.post(f"{server.base}/predict", json=record, timeout=10).status_code
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            assert set(pool.map(predict, range(200))) == {200}
+        victim = sorted(workers)[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while any(path.name.startswith(f"{victim}-") for path in (spool / "open").iterdir()):
+            assert time.monotonic() < deadline, "the killed worker's segment stays open"
+            time.sleep(0.1)
+        server.wait_workers(2)
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            assert set(pool.map(predict, range(200, 300))) == {200}
+    finally:
+        assert server.stop() == 0, server.log()
+    assert list((spool / "open").iterdir()) == []
+    rows = [item for path in sorted((spool / "sealed").iterdir()) for item in read_segment(path)]
+    assert len(rows) == 300
+    assert {np.float32(item["probability"]) for item in rows} == {np.float32(vector["probability"])}

@@ -12,6 +12,8 @@ import pytest
 
 from inference_image.bundle import ModelBundle
 from inference_image.serving.app import create_app
+from inference_image.serving.capture import CaptureSettings
+from inference_image.serving.config import ServingConfig
 from tests.conftest import synthetic_aps
 
 from .test_app import metric_samples, post_json
@@ -32,7 +34,7 @@ def promtool() -> str:
 def test_promtool_checks_the_rules_and_passes_their_tests(promtool: str) -> None:
     check = subprocess.run([promtool, "check", "rules", RULES], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 4 rules found" in check.stdout
+    assert "SUCCESS: 5 rules found" in check.stdout
     test = subprocess.run(
         [promtool, "test", "rules", RULES_DIR / "linkedge-rules.test.yml"],
         capture_output=True,
@@ -41,10 +43,14 @@ def test_promtool_checks_the_rules_and_passes_their_tests(promtool: str) -> None
     assert test.returncode == 0, test.stdout + test.stderr
 
 
-def test_every_linkedge_metric_the_rules_read_is_served(tiny_bundle: ModelBundle) -> None:
+def test_every_linkedge_metric_the_rules_read_is_served(
+    tiny_bundle: ModelBundle, tmp_path: Path
+) -> None:
     read = set(re.findall(r"\b(linkedge_[a-z_]+)\b", RULES.read_text()))
-    assert "linkedge_drift_psi_max" in read
-    client = create_app(tiny_bundle).test_client()
+    assert {"linkedge_drift_psi_max", "linkedge_capture_spool_bytes"} <= read
+    read -= {"linkedge_capture_dir"}  # LINKEDGE_CAPTURE_DIR, in a description
+    config = ServingConfig(capture=CaptureSettings(tmp_path, budget_bytes=1 << 22))
+    client = create_app(tiny_bundle, config).test_client()
     rows, _ = synthetic_aps(200, seed=5)
     assert post_json(client, "/predict", {"instances": records(rows)}).status_code == 200
     served = {name for name, _ in metric_samples(client)}

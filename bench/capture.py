@@ -1,0 +1,131 @@
+"""``--case capture``: what data capture costs in throughput (issue target: at most 5 %).
+
+The same image runs twice, side by side and hardened: without capture, and with capture on
+(LINKEDGE_CAPTURE_DIR on a host directory; ``--capture-rate`` of the "neg" answers, 1 % by
+default, plus every "pos" answer).
+Both get the standard throughput cases' bodies (1 record and 100 rows, JSON) in interleaved
+rounds, so a burst of other work on the machine hits both alike; each figure is its median
+round. Drift counting is on in both (it is not optional when the bundle has a reference), so
+the difference is capture's alone. The containers are then killed (``docker rm --force``),
+the spool recovered as the service's next start would, and read back: every segment whole
+and its records naming the served model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from inference_image.capture_spool import CaptureSpool, read_segment
+
+from .run import Bench, Settings
+from .servers import LinkEdgeContainer
+
+CASES = {"full": ("single-predict", "batch-100-json"), "smoke": ("single-predict",)}
+SPOOL_MOUNT = "/var/lib/linkedge/capture"
+TARGET_DROP = 0.05
+CAPTURE_KEY = "linkedge-capture"
+
+
+class CaptureBench(Bench):
+    def __init__(self, settings: Settings, wrk: str) -> None:
+        cases = CASES[settings.mode]
+        super().__init__(replace(settings, cases=cases, mlserver_venv=None), wrk)
+        self.spool: Path | None = None
+
+    def _servers(self, workdir: Path) -> list[Any]:
+        self.spool = workdir / "capture"
+        self.spool.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.spool, 0o777)  # the image's user (10001) writes it
+        return [
+            LinkEdgeContainer(self.settings.image),
+            LinkEdgeContainer(
+                self.settings.image,
+                key=CAPTURE_KEY,
+                label=f"LinkEdge, capture on ({self.settings.capture_rate:.0%} + every pos)",
+                env={
+                    "LINKEDGE_CAPTURE_DIR": SPOOL_MOUNT,
+                    "LINKEDGE_CAPTURE_RATE": str(self.settings.capture_rate),
+                },
+                mounts=[(self.spool, SPOOL_MOUNT, False)],
+            ),
+        ]
+
+    def run(self) -> dict[str, Any]:
+        report = super().run()  # `docker rm --force`: the workers die as in a power cut
+        drops = {}
+        for case in report.get("cases", []):
+            off = case["results"]["linkedge"]["requests_per_s"]
+            on = case["results"][CAPTURE_KEY]["requests_per_s"]
+            drops[case["key"]] = {
+                "requests_per_s_off": off,
+                "requests_per_s_on": on,
+                "drop": round(1 - on / off, 4) if off else None,
+            }
+        assert self.spool is not None
+        # What the next start of the service does: seal what the killed workers left open.
+        recovered = CaptureSpool(self.spool, 1 << 40, 1 << 20).recover()
+        segments = sorted((self.spool / "sealed").glob("*.jsonl"))
+        records = 0
+        for path in segments:
+            try:
+                items = read_segment(path)
+            except ValueError as exc:
+                self.failures.append(f"capture spool: {exc}")
+                continue
+            records += len(items)
+            if any(item["model_version"] != report["settings"]["model_version"] for item in items):
+                self.failures.append(f"capture spool: {path.name} names another model")
+        left_open = list((self.spool / "open").glob("*.jsonl"))
+        if left_open:
+            self.failures.append(f"capture spool: {len(left_open)} segments still open")
+        report["capture"] = {
+            "rate": self.settings.capture_rate,
+            "target_drop": TARGET_DROP,
+            "cases": drops,
+            "within_target": all(
+                entry["drop"] is not None and entry["drop"] <= TARGET_DROP
+                for entry in drops.values()
+            ),
+            "segments": len(segments),
+            "sealed_by_recovery": len(recovered),
+            "records": records,
+            "bytes": sum(path.stat().st_size for path in segments),
+        }
+        report["ok"] = not self.failures
+        report["verification"] = {"checks": self.checks, "failures": self.failures}
+        return report
+
+
+def capture_markdown(report: dict[str, Any]) -> str:
+    capture = report["capture"]
+    lines = [
+        "# Data capture: throughput with capture off and on",
+        "",
+        f"Image `{report['settings']['image']}`, model `{report['settings']['model_version']}`, "
+        f"{report['settings']['rounds']} interleaved rounds of "
+        f"{report['settings']['seconds_per_case']} s per case (median round), "
+        f"{report['started']}, git `{report['git'].get('commit', '?')[:12]}`. "
+        f"Capture: {capture['rate']:.0%} of the neg answers plus every pos. "
+        f"Target: at most {capture['target_drop']:.0%} fewer requests/s.",
+        "",
+        "| case | capture off, req/s | capture on, req/s | drop |",
+        "|---|---|---|---|",
+    ]
+    for key, entry in capture["cases"].items():
+        drop = "n/a" if entry["drop"] is None else f"{entry['drop']:.1%}"
+        lines.append(
+            f"| {key} | {entry['requests_per_s_off']} | {entry['requests_per_s_on']} | {drop} |"
+        )
+    lines += [
+        "",
+        f"Within the target: **{'yes' if capture['within_target'] else 'no'}**. The containers "
+        "are removed with `docker rm --force` (their workers killed, as by a power cut); the "
+        f"spool's recovery then sealed the {capture['sealed_by_recovery']} segments they had "
+        f"open. In all: {capture['segments']} sealed segments, {capture['records']} records, "
+        f"{capture['bytes']} bytes, every one read back whole.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""Data capture in the served app: every "pos" answer and a sample of the others, with inputs,
+outputs, model version and time, into the spool; its state on /metrics; settings from the
+environment with errors that name the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference_image.bundle import ModelBundle
+from inference_image.capture_spool import read_segment
+from inference_image.serving.app import create_app
+from inference_image.serving.capture import CaptureSettings
+from inference_image.serving.config import ServingConfig
+from tests.conftest import synthetic_aps
+
+from .test_app import metric_samples, post_json
+from .test_drift_metrics import records
+
+
+def captured(directory: Path, client) -> list[dict]:
+    client.application.extensions["linkedge"]["endpoints"].capture.spool.seal()
+    return [
+        item for path in sorted((directory / "sealed").iterdir()) for item in read_segment(path)
+    ]
+
+
+def serve(tiny_bundle: ModelBundle, directory: Path, rate: float):
+    settings = CaptureSettings(directory, rate=rate, budget_bytes=1 << 20, segment_bytes=1 << 16)
+    return create_app(tiny_bundle, ServingConfig(capture=settings)).test_client()
+
+
+def test_every_pos_answer_is_captured_with_what_was_answered(tiny_bundle, tmp_path) -> None:
+    client = serve(tiny_bundle, tmp_path, rate=0.0)
+    rows, _ = synthetic_aps(300, seed=9)
+    answer = post_json(client, "/predict", {"instances": records(rows)}).get_json()
+    positives = [i for i, p in enumerate(answer["predictions"]) if p["label"] == "pos"]
+    assert positives, "the rows should include pos answers"
+    kept = captured(tmp_path, client)
+    assert len(kept) == len(positives)
+    for item, index in zip(kept, positives, strict=True):
+        assert item["label"] == "pos" and item["sampled"] == "pos"
+        assert item["probability"] == answer["predictions"][index]["probability"]
+        assert item["model_version"] == tiny_bundle.version and item["time"] > 1.7e9
+        inputs = np.array([np.nan if v is None else v for v in item["inputs"]], dtype=np.float32)
+        np.testing.assert_array_equal(inputs, rows[index])  # float32, missing as null
+
+
+def test_the_rate_samples_the_other_answers(tiny_bundle, tmp_path) -> None:
+    client = serve(tiny_bundle, tmp_path, rate=0.5)
+    rows, _ = synthetic_aps(2000, seed=10)
+    answer = post_json(client, "/predict", {"instances": records(rows)}).get_json()
+    negatives = sum(p["label"] == "neg" for p in answer["predictions"])
+    kept = captured(tmp_path, client)
+    sampled = sum(item["sampled"] == "rate" for item in kept)
+    assert 0.4 * negatives < sampled < 0.6 * negatives
+    samples = metric_samples(client)
+    assert samples[("linkedge_capture_records_total", ())] == len(kept)
+    assert samples[("linkedge_capture_spool_bytes", ())] > 0
+    assert samples[("linkedge_capture_spool_budget_bytes", ())] == 1 << 20
+    assert samples[("linkedge_capture_dropped_segments_total", ())] == 0
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"LINKEDGE_CAPTURE_RATE": "2"}, "LINKEDGE_CAPTURE_RATE must be between 0 and 1"),
+        ({"LINKEDGE_CAPTURE_RATE": "often"}, "LINKEDGE_CAPTURE_RATE must be a float"),
+        ({"LINKEDGE_CAPTURE_BUDGET_BYTES": "4096"}, "LINKEDGE_CAPTURE_BUDGET_BYTES"),
+        ({"LINKEDGE_CAPTURE_SEGMENT_SECONDS": "0"}, "LINKEDGE_CAPTURE_SEGMENT_SECONDS"),
+    ],
+)
+def test_bad_capture_settings_name_the_variable(tmp_path, environ, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        ServingConfig.from_env({"LINKEDGE_CAPTURE_DIR": str(tmp_path), **environ})
+
+
+def test_no_directory_no_capture(tmp_path) -> None:
+    assert ServingConfig.from_env({}).capture is None
+    settings = ServingConfig.from_env({"LINKEDGE_CAPTURE_DIR": str(tmp_path)}).capture
+    assert settings is not None and settings.rate == 0.01
+
+
+def test_requests_on_the_check_port_are_not_captured_nor_counted_for_drift(
+    tiny_bundle, tmp_path
+) -> None:
+    """inference_container smoke-checks a new container on its check port: not traffic."""
+    settings = CaptureSettings(tmp_path, rate=1.0, budget_bytes=1 << 20, segment_bytes=1 << 16)
+    app = create_app(tiny_bundle, ServingConfig(capture=settings, check_port=9999))
+    client = app.test_client()
+    rows, _ = synthetic_aps(10, seed=12)
+    body = {"instances": records(rows)}
+    checked = client.post("/predict", json=body, base_url="http://127.0.0.1:9999")
+    assert checked.status_code == 200
+    assert metric_samples(client)[("linkedge_drift_window_rows", ())] == 0
+    served = client.post("/predict", json=body, base_url="http://127.0.0.1:8080")
+    assert served.status_code == 200
+    assert len(captured(tmp_path, client)) == 10
+    assert metric_samples(client)[("linkedge_drift_window_rows", ())] == 10
+
+
+def test_the_check_port_comes_from_the_environment(tmp_path) -> None:
+    assert ServingConfig.from_env({"LINKEDGE_CHECK_PORT": "18081"}).check_port == 18081
+    with pytest.raises(ValueError, match="LINKEDGE_CHECK_PORT"):
+        ServingConfig.from_env({"LINKEDGE_CHECK_PORT": "0"})
