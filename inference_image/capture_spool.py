@@ -33,8 +33,10 @@ from typing import Any
 
 import orjson
 
-OPEN_DIR, SEALED_DIR, DROPPED_FILE = "open", "sealed", "dropped.json"
-SEGMENT_SUFFIX = ".jsonl"
+from inference_image import contract
+
+OPEN_DIR, SEALED_DIR = contract.CAPTURE_OPEN_DIR, contract.CAPTURE_SEALED_DIR
+DROPPED_FILE, SEGMENT_SUFFIX = contract.CAPTURE_DROPPED_FILE, contract.CAPTURE_SEGMENT_SUFFIX
 
 
 class SpoolError(ValueError):
