@@ -236,10 +236,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _data_files(data_dir: Path) -> list[Path]:
+    """What training reads: the official files, then captured segments and their labels."""
+    from .captured import captured_files
     from .data import find_test_file, find_training_file
 
     test_file = find_test_file(data_dir)
-    return [find_training_file(data_dir)] + ([test_file] if test_file else [])
+    official = [find_training_file(data_dir)] + ([test_file] if test_file else [])
+    return official + captured_files(data_dir)
 
 
 def cmd_fingerprint(args: argparse.Namespace) -> int:

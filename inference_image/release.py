@@ -36,6 +36,7 @@ from typing import Any
 
 from . import signing
 from .bundle import SUMS_FILE, load_bundle, sha256_file
+from .captured import fingerprint_name
 from .contract import MANIFEST_FILE as MANIFEST
 from .contract import MANIFEST_REQUIRED
 
@@ -65,7 +66,7 @@ def source_files(root: Path = PACKAGE_DIR) -> list[Path]:
 def input_fingerprint(data_files: list[Path], settings: dict[str, Any]) -> dict[str, Any]:
     """sha256 over the data, the source and the settings: equal inputs, equal fingerprint."""
     digest = hashlib.sha256()
-    data = {path.name: sha256_file(path) for path in sorted(data_files)}
+    data = {fingerprint_name(path): sha256_file(path) for path in sorted(data_files)}
     source = hashlib.sha256()
     for path in source_files():
         source.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0")

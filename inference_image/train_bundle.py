@@ -13,6 +13,7 @@ import numpy as np
 import xgboost as xgb
 
 from .bundle import REFERENCE_FILE, ModelBundle, load_bundle, write_bundle
+from .captured import load_captured
 from .contract import MODEL_NAME
 from .cost import FALSE_NEGATIVE_COST, FALSE_POSITIVE_COST
 from .data import ApsDataset, find_test_file, find_training_file, load_aps_csv
@@ -83,8 +84,17 @@ def train_to_bundle(
     params = params or TrainingParams()
     started = time.monotonic()
     train = load_aps_csv(find_training_file(data_dir), require_labels=True)
-    labels = train.labels.astype(np.float32)  # type: ignore[union-attr]
     log.info("training data: %s (%d rows, %d positives)", train.source, train.rows, train.positives)
+    captured = load_captured(data_dir, len(APS_FEATURES))
+    if captured.rows:  # rows the trucks saw, labelled by maintenance records
+        log.info("captured rows: %s", captured.record)
+        train = ApsDataset(
+            features=np.concatenate([train.features, captured.features]),
+            labels=np.concatenate([train.labels, captured.labels]),  # type: ignore[list-item]
+            source=train.source,
+            sha256=train.sha256,
+        )
+    labels = train.labels.astype(np.float32)  # type: ignore[union-attr]
 
     out_of_fold = repeated = None
     if evaluate:
@@ -126,7 +136,11 @@ def train_to_bundle(
         "decision": "pos when probability >= threshold",
         "cost": {"false_positive": FALSE_POSITIVE_COST, "false_negative": FALSE_NEGATIVE_COST},
         "parameters": params.as_dict(),
-        "data": {"train": _data_record(train), "test": test_record},
+        "data": {
+            "train": _data_record(train),
+            "test": test_record,
+            "captured": captured.record,
+        },
         "metrics": {"out_of_fold": out_of_fold, "repeated_cv": repeated, "test": test_metrics},
     }
     # What the truck compares its requests with (drift): the training rows, as this model
