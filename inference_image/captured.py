@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .capture_spool import SEGMENT_SUFFIX, SpoolError, read_segment
-from .data import DataFormatError
+from .data import ApsDataset, DataFormatError, find_training_file, load_aps_csv
 
 CAPTURED_DIR = "captured"
 LABELS_FILE = "maintenance-labels.csv"
@@ -164,3 +164,24 @@ def load_captured(data_dir: Path, feature_count: int) -> CapturedRows:
         "label_windows": len(windows),
     }
     return CapturedRows(rows, label_array, record)
+
+
+def training_data(data_dir: Path, feature_count: int) -> tuple[ApsDataset, dict[str, Any]]:
+    """The official training file plus the labelled captured rows, and the captured rows'
+    record: what `train` trains on and the gate's `compare` cross-validates on, alike. With
+    captured rows the dataset's identity (its ``sha256``, which the fold plans record) covers
+    the official file, the segments and the labels."""
+    official = load_aps_csv(find_training_file(data_dir), require_labels=True)
+    captured = load_captured(data_dir, feature_count)
+    if not captured.rows:
+        return official, captured.record
+    identity = hashlib.sha256(official.sha256.encode())
+    identity.update(captured.record["segments_sha256"].encode())
+    identity.update((Path(data_dir) / LABELS_FILE).read_bytes())
+    combined = ApsDataset(
+        features=np.concatenate([official.features, captured.features]),
+        labels=np.concatenate([official.labels, captured.labels]),  # type: ignore[list-item]
+        source=official.source,
+        sha256=identity.hexdigest(),
+    )
+    return combined, captured.record

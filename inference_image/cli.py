@@ -201,10 +201,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """The paired gate: challenger vs champion on the same folds and seeds; 1 when refused."""
     import numpy as np
 
+    from .captured import training_data
     from .contenders import ContenderError, figures_on_plan, load_contender, plan_of
-    from .data import find_training_file, load_aps_csv
     from .evaluation import CVPlan
     from .gate import GateError, paired_comparison
+    from .schema import APS_FEATURES
 
     steps = _steps(args, 3)
     try:
@@ -217,7 +218,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 args.outer_folds or recorded.outer_folds,
                 recorded.seed if args.seed is None else args.seed,
             )
-            data = load_aps_csv(find_training_file(_data_dir(args)), require_labels=True)
+            data, _ = training_data(_data_dir(args), len(APS_FEATURES))
             labels = data.labels.astype(np.float32)  # type: ignore[union-attr]
             features = data.features
         where = f"{plan.repetitions} x {plan.outer_folds} folds, seed {plan.seed}"

@@ -13,10 +13,10 @@ import numpy as np
 import xgboost as xgb
 
 from .bundle import REFERENCE_FILE, ModelBundle, load_bundle, write_bundle
-from .captured import load_captured
+from .captured import training_data
 from .contract import MODEL_NAME
 from .cost import FALSE_NEGATIVE_COST, FALSE_POSITIVE_COST
-from .data import ApsDataset, find_test_file, find_training_file, load_aps_csv
+from .data import ApsDataset, find_test_file, load_aps_csv
 from .drift import build_reference
 from .evaluation import RepeatedEstimate, repeated_nested_cv
 from .schema import APS_FEATURES
@@ -83,17 +83,9 @@ def train_to_bundle(
 ) -> TrainingSummary:
     params = params or TrainingParams()
     started = time.monotonic()
-    train = load_aps_csv(find_training_file(data_dir), require_labels=True)
+    # The official rows, plus the rows the trucks saw, labelled by maintenance records.
+    train, captured = training_data(data_dir, len(APS_FEATURES))
     log.info("training data: %s (%d rows, %d positives)", train.source, train.rows, train.positives)
-    captured = load_captured(data_dir, len(APS_FEATURES))
-    if captured.rows:  # rows the trucks saw, labelled by maintenance records
-        log.info("captured rows: %s", captured.record)
-        train = ApsDataset(
-            features=np.concatenate([train.features, captured.features]),
-            labels=np.concatenate([train.labels, captured.labels]),  # type: ignore[list-item]
-            source=train.source,
-            sha256=train.sha256,
-        )
     labels = train.labels.astype(np.float32)  # type: ignore[union-attr]
 
     out_of_fold = repeated = None
@@ -139,7 +131,7 @@ def train_to_bundle(
         "data": {
             "train": _data_record(train),
             "test": test_record,
-            "captured": captured.record,
+            "captured": captured,
         },
         "metrics": {"out_of_fold": out_of_fold, "repeated_cv": repeated, "test": test_metrics},
     }

@@ -147,3 +147,45 @@ def test_a_bad_labels_file_stops_train_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "aps_failure 'maybe' is not yes or no" in lines[0], lines
+
+
+def test_the_gate_compares_on_the_same_rows_train_used(tmp_path: Path) -> None:
+    """`compare` (the build's paired gate) reads the captured rows as `train` did: the
+    dataset identity it checks the recorded fold plan against is the same."""
+    import json
+
+    from inference_image.captured import training_data
+    from inference_image.train_bundle import train_to_bundle
+
+    features, labels_ = synthetic_aps(500, seed=5)
+    write_aps_file(tmp_path / "aps_failure_training_set.csv", features[:400], labels_[:400])
+    capture(tmp_path, "truck-1", features[400:], [T0 + i for i in range(100)])
+    labels(tmp_path, f"truck-1,{T0},{T0 + 1000},no\n")
+    combined, record = training_data(tmp_path, WIDTH)
+    assert combined.rows == 500 and record["rows"] == 100
+    params = TrainingParams(n_estimators=8, max_depth=3, nthread=1, repetitions=2, outer_folds=3)
+    bundle = train_to_bundle(tmp_path, tmp_path / "bundle", params).bundle
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "inference_image",
+            "compare",
+            "--champion",
+            str(bundle.path),
+            "--challenger",
+            str(bundle.path),
+            "--data",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    comparison = json.loads(result.stdout)
+    assert comparison["refused"] is False
+    # The same rows, folds and seeds as at training: the card's figures are reused as they are
+    # (other rows would have been evaluated again).
+    assert comparison["challenger"]["source"] == "recorded in the model card"
