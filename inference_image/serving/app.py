@@ -22,12 +22,13 @@ from . import metadata
 from .capture import RequestCapture
 from .config import ServingConfig
 from .drift_window import DriftWindow
-from .endpoints import PredictionEndpoints
+from .endpoints import PredictionEndpoints, RowObserver
 from .fastpath import HotRoutes
 from .metrics import UNMATCHED_ENDPOINT, ServingMetrics, multiprocess_dir
 from .model import SMOKE_TOLERANCE, ServedModel, check_smoke_vectors
 from .openapi import build_openapi
 from .payloads import PayloadError
+from .shadow import ShadowModel
 
 log = logging.getLogger("linkedge.serving")
 
@@ -119,14 +120,18 @@ def create_app(bundle: ModelBundle | Path, config: ServingConfig | None = None) 
         bundle = load_bundle(Path(bundle))
     model = ServedModel(bundle, config)
     metrics = ServingMetrics(bundle.version, bundle.sha256)
+    observers: dict[str, RowObserver] = {}  # what sees every observed request's rows
     drift = drift_window(bundle, config)
     if drift is not None:
         metrics.watch_drift(drift)
-    capture = None
+        observers["drift"] = drift
     if config.capture is not None:
-        capture = RequestCapture(config.capture, bundle.version)
+        capture = RequestCapture(config.capture, bundle.version, metrics.count_captured)
         metrics.watch_capture(capture.spool)
-    endpoints = PredictionEndpoints(model, metrics, config, bundle.version, drift, capture)
+        observers["capture"] = capture
+    if config.shadow_bundle is not None:
+        observers["shadow"] = ShadowModel(config.shadow_bundle, config, metrics)
+    endpoints = PredictionEndpoints(model, metrics, config, bundle.version, observers)
     name, version = config.model_name, bundle.version
 
     app = Flask(__name__, static_folder=None)

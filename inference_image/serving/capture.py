@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,8 +86,14 @@ def _number(environ: Mapping[str, str], name: str, default: float, kind: type) -
 class RequestCapture:
     """Chooses the rows to keep and appends them to this process's segment of the spool."""
 
-    def __init__(self, settings: CaptureSettings, model_version: str) -> None:
+    def __init__(
+        self,
+        settings: CaptureSettings,
+        model_version: str,
+        on_captured: Callable[[int], None] = lambda count: None,
+    ) -> None:
         self.settings = settings
+        self.on_captured = on_captured
         self.spool = settings.spool()
         self.model_version = model_version
         self._rng = np.random.default_rng()
@@ -115,4 +121,5 @@ class RequestCapture:
             for index in chosen.tolist()
         ]
         self.spool.append(records)
+        self.on_captured(len(records))
         return len(records)

@@ -13,6 +13,7 @@ from inference_image.contract import (
     ENV_CHECK_PORT,
     ENV_GRPC_PORT,
     ENV_HOST,
+    ENV_SHADOW_BUNDLE,
     MODEL_NAME,
 )
 
@@ -80,6 +81,8 @@ class ServingConfig:
     capture: CaptureSettings | None = None
     # LINKEDGE_CHECK_PORT: requests there are checks (not observed by drift and capture).
     check_port: int | None = None
+    # LINKEDGE_SHADOW_BUNDLE: a candidate's bundle answering beside the model, never returned.
+    shadow_bundle: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_rows", "xgboost_nthread", "drift_window_seconds"):
@@ -96,12 +99,12 @@ class ServingConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingConfig:
         """Defaults overridden by LINKEDGE_MAX_BODY_BYTES, LINKEDGE_MAX_ROWS,
-        LINKEDGE_XGBOOST_NTHREAD, LINKEDGE_DRIFT_WINDOW_SECONDS, LINKEDGE_API_TOKEN_FILE (the
-        file holding the API token), LINKEDGE_GRPC_PORT (with LINKEDGE_HOST: the gRPC
-        endpoint; unset or empty: none) and the MQTT adapter's LINKEDGE_MQTT_*
-        (:mod:`.mqtt_config`) and LINKEDGE_CAPTURE_* (:mod:`.capture`); a bad value, or a
-        token or password file that is unreadable or empty, raises ValueError naming the
-        variable."""
+        LINKEDGE_XGBOOST_NTHREAD, LINKEDGE_DRIFT_WINDOW_SECONDS, LINKEDGE_SHADOW_BUNDLE,
+        LINKEDGE_CHECK_PORT, LINKEDGE_API_TOKEN_FILE (the file holding the API token),
+        LINKEDGE_GRPC_PORT (with LINKEDGE_HOST: the gRPC endpoint; unset or empty: none), the
+        MQTT adapter's LINKEDGE_MQTT_* (:mod:`.mqtt_config`) and LINKEDGE_CAPTURE_*
+        (:mod:`.capture`); a bad value, or a token or password file that is unreadable or
+        empty, raises ValueError naming the variable."""
         from .mqtt_config import MqttSettings  # it imports this module
 
         env = os.environ if environ is None else environ
@@ -127,6 +130,9 @@ class ServingConfig:
                 env, "LINKEDGE_DRIFT_WINDOW_SECONDS", defaults.drift_window_seconds
             ),
             capture=CaptureSettings.from_env(env),
+            shadow_bundle=Path(env[ENV_SHADOW_BUNDLE].strip())
+            if (env.get(ENV_SHADOW_BUNDLE) or "").strip()
+            else None,
             check_port=tcp_port_env(env, ENV_CHECK_PORT, 1)
             if (env.get(ENV_CHECK_PORT) or "").strip()
             else None,

@@ -63,7 +63,7 @@ class DriftWindow:
     def _slot_number(self) -> int:
         return int(self.clock() // self.slot_seconds)
 
-    def observe(self, rows: np.ndarray, positive: np.ndarray) -> None:
+    def observe(self, rows: np.ndarray, probabilities: np.ndarray, positive: np.ndarray) -> None:
         """Count ROWS (validated, NaN = missing) and how many the model called positive."""
         if not len(rows):
             return

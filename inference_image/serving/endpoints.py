@@ -11,21 +11,22 @@ MQTT adapter with every message of a micro-batch (one model call for all of them
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from . import binary
 from .auth import BearerAuth
-from .capture import RequestCapture
 from .config import ServingConfig
-from .drift_window import DriftWindow
 from .metrics import ServingMetrics
 from .model import ServedModel
 from .payloads import InferParser, PayloadError, RecordParser, read_infer_body, read_json_body
 from .responses import ResponseEncoder
+
+log = logging.getLogger("linkedge.serving")
 
 Headers = list[tuple[str, str]]
 JSON_HEADERS: Headers = [("Content-Type", "application/json")]
@@ -40,6 +41,15 @@ class Prediction:
     positive: np.ndarray  # bool: the row is "pos"
 
 
+class RowObserver(Protocol):
+    """Takes the rows of every observed request and the model's answers (drift, capture, a
+    shadow model). An exception is counted and logged; the request is answered all the same."""
+
+    def observe(
+        self, rows: np.ndarray, probabilities: np.ndarray, positive: np.ndarray
+    ) -> object: ...
+
+
 class PredictionEndpoints:
     def __init__(
         self,
@@ -47,14 +57,12 @@ class PredictionEndpoints:
         metrics: ServingMetrics,
         config: ServingConfig,
         model_version: str,
-        drift: DriftWindow | None = None,
-        capture: RequestCapture | None = None,
+        observers: Mapping[str, RowObserver] | None = None,
     ) -> None:
         features = model.bundle.feature_names
         self.model = model
         self.metrics = metrics
-        self.drift = drift
-        self.capture = capture
+        self.observers = dict(observers or {})  # drift, capture, shadow: see RowObserver
         self.check_port = None if config.check_port is None else str(config.check_port)
         self.max_body_bytes = config.max_body_bytes
         self.max_rows = config.max_rows
@@ -80,10 +88,13 @@ class PredictionEndpoints:
         probabilities, positive = self.model.predict(rows)
         n_positive = int(np.count_nonzero(positive))
         self.metrics.count_predictions(n_positive, len(positive) - n_positive)
-        if observed and self.drift is not None:
-            self.drift.observe(rows, positive)
-        if observed and self.capture is not None:
-            self.metrics.count_captured(self.capture.observe(rows, probabilities, positive))
+        if observed:
+            for name, observer in self.observers.items():
+                try:
+                    observer.observe(rows, probabilities, positive)
+                except Exception:
+                    self.metrics.count_observer_error(name)
+                    log.exception("%s could not take the rows of a request", name)
         return probabilities, positive
 
     def observed(self, environ: Mapping[str, Any]) -> bool:

@@ -148,6 +148,61 @@ class MqttMetrics:
             self._outcomes[outcome].inc(amount)
 
 
+SHADOW_DIFFERENCE_BUCKETS = (0.0001, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+LABELS = ("pos", "neg")
+
+
+class ShadowMetrics:
+    """A shadow model's figures (inference_image.serving.shadow): rows by the model's and the
+    shadow's label (their agreement), probability differences, the shadow's latency."""
+
+    def __init__(self, registry: CollectorRegistry, version: str, ready: bool) -> None:
+        gauge = Gauge(
+            "linkedge_shadow_ready",
+            "1 when the shadow model answers beside the model, 0 when it could not be loaded.",
+            ("version",),
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        gauge.labels(version).set(1 if ready else 0)
+        rows = Counter(
+            "linkedge_shadow_rows",
+            "Rows answered by the model and its shadow, by the model's and the shadow's label.",
+            ("model", "shadow"),
+            registry=registry,
+        )
+        self._rows = {(m, s): rows.labels(m, s) for m in LABELS for s in LABELS}
+        self._difference = Histogram(
+            "linkedge_shadow_probability_difference",
+            "|shadow probability - model probability| per row.",
+            buckets=SHADOW_DIFFERENCE_BUCKETS,
+            registry=registry,
+        )
+        self._duration = Histogram(
+            "linkedge_shadow_duration_seconds",
+            "Time the shadow model took per request (added to the request's latency).",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    def observe(self, positive, shadow_positive, differences, seconds: float) -> None:
+        both = int((positive & shadow_positive).sum())
+        model_only = int((positive & ~shadow_positive).sum())
+        shadow_only = int((~positive & shadow_positive).sum())
+        neither = len(positive) - both - model_only - shadow_only
+        for key, count in (
+            (("pos", "pos"), both),
+            (("pos", "neg"), model_only),
+            (("neg", "pos"), shadow_only),
+            (("neg", "neg"), neither),
+        ):
+            if count:
+                self._rows[key].inc(count)
+        for difference in differences.tolist():
+            self._difference.observe(difference)
+        self._duration.observe(seconds)
+
+
 class DriftCollector:
     """The drift window compared with the bundle's reference, computed at each scrape:
     ``linkedge_drift_*`` (see inference_image.drift)."""
@@ -296,6 +351,13 @@ class ServingMetrics:
         self._request_children: dict[tuple[str, str, int | str], Counter] = {}
         self._duration_children: dict[str, Histogram] = {}
         self._mqtt: MqttMetrics | None = None
+        self._observer_errors = Counter(
+            "linkedge_observer_errors",
+            "Requests whose rows an observer (drift, capture, shadow) failed to take; the "
+            "request was answered all the same.",
+            ("observer",),
+            registry=self.registry,
+        )
         if self.multiprocess:
             self._exposed = CollectorRegistry()
             multiprocess.MultiProcessCollector(self._exposed)
@@ -330,6 +392,13 @@ class ServingMetrics:
         if self._mqtt is None:
             self._mqtt = MqttMetrics(self.registry)
         return self._mqtt
+
+    def shadow(self, version: str, ready: bool) -> ShadowMetrics:
+        """The shadow model's metrics, in this app's registry."""
+        return ShadowMetrics(self.registry, version, ready)
+
+    def count_observer_error(self, observer: str) -> None:
+        self._observer_errors.labels(observer).inc()
 
     def watch_capture(self, spool: CaptureSpool) -> None:
         """Count captured rows, and expose the spool's state at every scrape."""

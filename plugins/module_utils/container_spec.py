@@ -45,6 +45,7 @@ from ansible_collections.linkedge.edge.plugins.module_utils.contract import (
     ENV_MQTT_USERNAME,
     ENV_PORT,
     ENV_REUSE_PORT,
+    ENV_SHADOW_BUNDLE,
     ENV_TOKEN_FILE,
     HARDENED_RUN,
     IMAGE_LABELS,
@@ -56,6 +57,7 @@ from ansible_collections.linkedge.edge.plugins.module_utils.contract import (
     MQTT_TRUCK_PATTERN,
     ROLE_CANDIDATE,
     ROLE_SERVING,
+    SHADOW_MOUNT,
     TMPFS_OPTIONS,
 )
 
@@ -70,6 +72,7 @@ MQTT_ENV = (
 )
 MANAGED_ENV = (
     *CAPTURE_ENV,
+    ENV_SHADOW_BUNDLE,
     ENV_HOST,
     ENV_PORT,
     ENV_CHECK_PORT,
@@ -126,6 +129,8 @@ def desired_spec(params: dict, image) -> dict:
         "restart_policy": params["restart_policy"],
         "tmpfs_bytes": tmpfs,
     }
+    if params.get("shadow_bundle"):  # absent otherwise, as mqtt
+        spec["shadow_bundle"] = str(params["shadow_bundle"])
     capture = capture_spec(params.get("capture"))
     if capture is not None:  # absent otherwise, as mqtt
         spec["capture"] = capture
@@ -233,7 +238,7 @@ def user_env(env: dict | None) -> dict[str, str]:
     if managed:
         raise SpecError(
             f"env must not set {', '.join(managed)}: the module sets them from bind_address, "
-            "published_port, grpc_port, api_token_file, mqtt and capture"
+            "published_port, grpc_port, api_token_file, mqtt, capture and shadow_bundle"
         )
     return env
 
@@ -291,6 +296,9 @@ def create_kwargs(
     if spec.get("api_token_file"):
         env[ENV_TOKEN_FILE] = API_TOKEN_MOUNT
         mounts[spec["api_token_file"]] = {"bind": API_TOKEN_MOUNT, "mode": "ro"}
+    if spec.get("shadow_bundle") and not candidate:  # beside the model, never answering
+        env[ENV_SHADOW_BUNDLE] = SHADOW_MOUNT
+        mounts[spec["shadow_bundle"]] = {"bind": SHADOW_MOUNT, "mode": "ro"}
     if spec.get("capture") and not candidate:  # a candidate's smoke checks are not data
         capture_env, capture_mounts = capture_env_and_mounts(spec["capture"])
         env.update(capture_env)

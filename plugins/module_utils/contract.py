@@ -94,6 +94,10 @@ MQTT_TRUCK_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"  # no "/", "+", "#": one
 MQTT_PASSWORD_MOUNT = "/run/secrets/linkedge-mqtt-password"
 MQTT_STATE_MOUNT = "/var/lib/linkedge/mqtt"  # answered message ids (survive a power cut)
 
+# A shadow model (inference_image/serving/shadow.py): a candidate's bundle, mounted read-only.
+SHADOW_MOUNT = "/opt/linkedge/shadow"
+ENV_SHADOW_BUNDLE = "LINKEDGE_SHADOW_BUNDLE"
+
 # Data capture (inference_image/serving/capture.py): a spool on a host directory.
 CAPTURE_MOUNT = "/var/lib/linkedge/capture"
 ENV_CAPTURE_DIR = "LINKEDGE_CAPTURE_DIR"  # unset: no capture

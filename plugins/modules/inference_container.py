@@ -126,6 +126,17 @@ options:
           - Directory on the host, writable by the image's user, where the container logs the
             ids it answered, so a message redelivered after a power cut is not answered twice.
         type: path
+  shadow_bundle:
+    description:
+      - A candidate model's bundle (a directory on the host, as C(linkedge-image train) writes
+        it), mounted read-only into the serving container, which then answers every request
+        with its model and also with this shadow. The shadow's answers are never returned;
+        their agreement with the model, the probability differences and the shadow's latency
+        are on C(/metrics) (C(linkedge_shadow_*)). A shadow that cannot serve is reported
+        there (C(linkedge_shadow_ready) 0) and never stops the model. See C(docs/api.md),
+        "Shadow model".
+      - Omit for none.
+    type: path
   capture:
     description:
       - Data capture, for bringing what the truck sees back to training. The serving container
@@ -389,6 +400,7 @@ ARGUMENT_SPEC = dict(
             state_dir=dict(type="path"),
         ),
     ),
+    shadow_bundle=dict(type="path"),
     capture=dict(
         type="dict",
         options=dict(

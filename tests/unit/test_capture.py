@@ -21,7 +21,7 @@ from .test_drift_metrics import records
 
 
 def captured(directory: Path, client) -> list[dict]:
-    client.application.extensions["linkedge"]["endpoints"].capture.spool.seal()
+    client.application.extensions["linkedge"]["endpoints"].observers["capture"].spool.seal()
     return [
         item for path in sorted((directory / "sealed").iterdir()) for item in read_segment(path)
     ]

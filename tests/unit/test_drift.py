@@ -25,7 +25,10 @@ from inference_image.schema import APS_FEATURES
 from inference_image.serving.drift_window import SLOTS, DriftWindow
 
 APS_DIR = Path(__file__).resolve().parents[3] / "shared" / "aps"
-SHIFTED = "ag_005"  # a histogram bin of a well-populated feature
+SHIFTED = "ag_005"
+NO_PROBABILITIES = np.zeros(
+    0
+)  # drift counts rows and labels, not probabilities  # a histogram bin of a well-populated feature
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +80,7 @@ def window_of(reference: DriftReference, rows: np.ndarray, **kwargs) -> DriftWin
     window = DriftWindow(reference, 3600, clock=Clock(), **kwargs)
     for start in range(0, len(rows), 7):  # requests of a few rows, as trucks send them
         batch = rows[start : start + 7]
-        window.observe(batch, np.zeros(len(batch), dtype=bool))
+        window.observe(batch, NO_PROBABILITIES, np.zeros(len(batch), dtype=bool))
     return window
 
 
@@ -113,7 +116,7 @@ def test_a_silent_sensor_shows_as_a_missing_rate_change(reference, halves) -> No
 def test_the_positive_rate_change_is_measured(reference, halves) -> None:
     _, seen, _ = halves
     window = DriftWindow(reference, 3600, clock=Clock())
-    window.observe(seen[:1000], np.arange(1000) < 200)
+    window.observe(seen[:1000], NO_PROBABILITIES, np.arange(1000) < 200)
     summary = window.summary()
     assert summary.positive_rate == 0.2
     assert summary.positive_rate_change == pytest.approx(0.2 - reference.positive_rate)
@@ -123,9 +126,9 @@ def test_rows_leave_the_window_when_their_slot_is_older_than_it(reference, halve
     _, seen, _ = halves
     clock = Clock()
     window = DriftWindow(reference, 3600, clock=clock)
-    window.observe(seen[:100], np.zeros(100, dtype=bool))
+    window.observe(seen[:100], NO_PROBABILITIES, np.zeros(100, dtype=bool))
     clock.now += 3600 / SLOTS * (SLOTS - 1)
-    window.observe(seen[100:150], np.zeros(50, dtype=bool))
+    window.observe(seen[100:150], NO_PROBABILITIES, np.zeros(50, dtype=bool))
     assert window.summary().rows == 150
     clock.now += 3600 / SLOTS
     assert window.summary().rows == 50  # the first slot left the window
@@ -135,7 +138,7 @@ def test_rows_leave_the_window_when_their_slot_is_older_than_it(reference, halve
 
 
 def _observe_in_a_child(window: DriftWindow, rows: np.ndarray) -> None:
-    window.observe(rows, np.ones(len(rows), dtype=bool))
+    window.observe(rows, NO_PROBABILITIES, np.ones(len(rows), dtype=bool))
 
 
 def test_every_worker_s_rows_are_summed_from_the_metrics_directory(
@@ -144,7 +147,7 @@ def test_every_worker_s_rows_are_summed_from_the_metrics_directory(
     """Gunicorn workers are processes: each counts into its own file, any one reads all."""
     _, seen, _ = halves
     window = DriftWindow(reference, 3600, directory=tmp_path)
-    window.observe(seen[:300], np.zeros(300, dtype=bool))
+    window.observe(seen[:300], NO_PROBABILITIES, np.zeros(300, dtype=bool))
     context = multiprocessing.get_context("fork")
     for part in (seen[300:500], seen[500:600]):
         child = context.Process(target=_observe_in_a_child, args=(window, part))
