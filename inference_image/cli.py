@@ -404,6 +404,36 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fleet_report(args: argparse.Namespace) -> int:
+    """The fleet report: an HTML page from the fleet status, rollouts and Prometheus."""
+    from .fleet_metrics import PrometheusError, read_fleet_metrics
+    from .fleet_report import ReportInputs, load_rollouts, render
+
+    inputs = ReportInputs()
+    if args.status is not None:
+        inputs.status = _json_object(_read_text(args.status, "--status"), "--status")
+    if args.rollouts is not None:
+        if not args.rollouts.is_dir():
+            raise UserError(f"--rollouts {args.rollouts} is not a directory")
+        inputs.rollouts = load_rollouts(args.rollouts)
+    if args.prometheus:
+        try:
+            inputs.metrics = read_fleet_metrics(args.prometheus)
+        except PrometheusError as exc:
+            raise UserError(str(exc)) from None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(inputs))
+    _print_json({"report": str(args.out), "bytes": args.out.stat().st_size})
+    return 0
+
+
+def _read_text(path: Path, option: str) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise UserError(f"{option} {path}: {exc.strerror}") from None
+
+
 def _add_fleet_parser(commands: argparse._SubParsersAction) -> None:
     """`fleet status` (docs/operating-a-fleet.md, Pull mode)."""
     fleet = commands.add_parser("fleet", help="the fleet as the depot's broker sees it")
@@ -430,6 +460,17 @@ def _add_fleet_parser(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_fleet_status, command="fleet status")
+
+    p = actions.add_parser(
+        "report", help="one self-contained HTML page: versions, rollouts, drift, capture, alerts"
+    )
+    p.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    p.add_argument("--status", type=Path, help="what `fleet status --json` printed, saved")
+    p.add_argument(
+        "--rollouts", type=Path, help="rollout reports directory (build/rollout-reports)"
+    )
+    p.add_argument("--prometheus", help="the depot's Prometheus, e.g. http://depot:9090")
+    p.set_defaults(func=cmd_fleet_report, command="fleet report")
 
 
 def _add_channel_parser(commands: argparse._SubParsersAction) -> None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent: Debian packages the tests drive for real (a local registry for the push test, the
 # Mosquitto broker and clients the mqtt_passwd module tests start and connect to, nginx as the
-# depot of the pull-mode and depot-load tests, promtool for the fleet's alert rules).
+# depot of the pull-mode and depot-load tests, Prometheus and promtool for the fleet's alert
+# rules, Chromium to render the fleet report).
 set -euo pipefail
 missing=()
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
@@ -9,6 +10,7 @@ command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # Debian's Docker SDK (5.0.3): the module tests also run against the SDK trucks really have.
 /usr/bin/python3 -c 'import docker' 2>/dev/null || missing+=(python3-docker)
 if [ ${#missing[@]} -gt 0 ]; then
