@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -307,6 +308,60 @@ class CaptureCollector:
         )
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+class ContainerCollector:
+    """The serving container's own CPU time and memory, read from its cgroup at each scrape
+    (cgroup v2: ``cpu.stat`` usage_usec and ``memory.current``; v1: ``cpuacct/cpuacct.usage``
+    and ``memory/memory.usage_in_bytes``): every worker, the master and the gRPC and MQTT
+    threads, as the kernel accounts them. Only in a container, where the cgroup is its own."""
+
+    def __init__(self, root: Path = CGROUP_ROOT) -> None:
+        self.root = root
+
+    def describe(self) -> list:
+        return []
+
+    def cpu_seconds(self) -> float | None:
+        stat = self.root / "cpu.stat"
+        if stat.is_file():
+            for line in stat.read_text().splitlines():
+                name, _, value = line.partition(" ")
+                if name == "usage_usec":
+                    return int(value) / 1e6
+        usage = self.root / "cpuacct" / "cpuacct.usage"
+        return int(usage.read_text()) / 1e9 if usage.is_file() else None
+
+    def memory_bytes(self) -> int | None:
+        for path in (self.root / "memory.current", self.root / "memory" / "memory.usage_in_bytes"):
+            if path.is_file():
+                return int(path.read_text())
+        return None
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        try:
+            cpu, memory = self.cpu_seconds(), self.memory_bytes()
+        except (OSError, ValueError):
+            return
+        if cpu is not None:
+            yield CounterMetricFamily(
+                "linkedge_container_cpu_seconds",
+                "CPU time of the whole serving container (its cgroup).",
+                value=cpu,
+            )
+        if memory is not None:
+            yield GaugeMetricFamily(
+                "linkedge_container_memory_bytes",
+                "Memory the serving container's cgroup uses (page cache included).",
+                value=memory,
+            )
+
+
+def in_container() -> bool:
+    return Path("/.dockerenv").exists()
+
+
 class ServingMetrics:
     """The four LinkEdge metrics; label children are cached so a request costs two dict hits."""
 
@@ -363,6 +418,8 @@ class ServingMetrics:
             multiprocess.MultiProcessCollector(self._exposed)
         else:
             self._exposed = self.registry
+        if in_container():
+            self._exposed.register(ContainerCollector())
 
     def observe_request(
         self, endpoint: str, method: str, status: int | str, seconds: float

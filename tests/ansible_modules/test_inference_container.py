@@ -474,6 +474,19 @@ def test_capture_spools_the_served_rows_on_the_host_and_not_the_checks(
     rows = [[float(row * 170 + column) for column in range(170)] for row in range(25)]
     for start in range(0, 25, 5):
         _predict_rows(port, rows[start : start + 5])
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        metrics = answer.read().decode()
+    # The container's own CPU and memory, from its cgroup (read inside the container).
+    figures = {
+        line.split()[0]: float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith(("linkedge_container_", "linkedge_capture_records_total"))
+    }
+    assert figures["linkedge_container_cpu_seconds_total"] > 0, figures
+    assert figures["linkedge_container_memory_bytes"] > 10 << 20, figures
+    assert figures["linkedge_capture_records_total"] == 25, figures
     switched = deploy(service, images.v2, port, capture=capture)  # the old one stops
     assert switched["outcome"] == "updated", switched.result
     deadline = time.monotonic() + 30
