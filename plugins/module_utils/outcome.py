@@ -16,7 +16,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+
+from ansible_collections.linkedge.edge.plugins.module_utils.channel_pointer import (
+    write_atomically,
+)
 
 STATS_KEY = "linkedge_outcome"
 # A play variable: this play applies releases, report it even when no truck made a record.
@@ -242,21 +245,84 @@ def build_record(params: dict, check_mode: bool, now: float, last: dict | None =
 
 def write_state(path: str, record: dict) -> None:
     """Write the record atomically (a power cut leaves the old file or the new one)."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".outcome.", dir=directory)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(record, stream, indent=2, sort_keys=True)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    write_atomically(path, text.encode())
+
+
+def _label(value) -> str:
+    text = "" if value is None else str(value)
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def prometheus_text(record: dict) -> str:
+    """The record as the node exporter's textfile collector reads it (linkedge_truck_*)."""
+    lines = []
+
+    def metric(name: str, kind: str, text: str, samples: list) -> None:
+        lines.append(f"# HELP {name} {text}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            inner = ",".join(f'{key}="{_label(v)}"' for key, v in labels.items())
+            lines.append(f"{name}{{{inner}}} {value}" if inner else f"{name} {value}")
+
+    metric(
+        "linkedge_truck_serving_info",
+        "gauge",
+        "The version the truck serves and the one before it, from its last outcome record.",
+        [
+            (
+                {
+                    "version": record.get("serving_version"),
+                    "previous": record.get("previous_version"),
+                    "channel": record.get("channel"),
+                },
+                1,
+            )
+        ],
+    )
+    metric(
+        "linkedge_truck_last_outcome",
+        "gauge",
+        "1 for the outcome of the truck's last rollout, rollback or sync, 0 for the others.",
+        [({"outcome": name}, int(record.get("outcome") == name)) for name in OUTCOMES],
+    )
+    for name, field, text in (
+        (
+            "linkedge_truck_last_attempt_timestamp_seconds",
+            "finished_at",
+            "When the last run ended.",
+        ),
+        (
+            "linkedge_truck_serving_since_timestamp_seconds",
+            "serving_since",
+            "Since when the serving version serves.",
+        ),
+        (
+            "linkedge_truck_last_attempt_duration_seconds",
+            "duration_seconds",
+            "How long the last run took.",
+        ),
+        (
+            "linkedge_truck_last_attempt_bytes",
+            "bytes_transferred",
+            "Bytes the last run brought to the truck.",
+        ),
+        ("linkedge_truck_sequence_seen", "sequence", "The channel pointer's sequence acted on."),
+    ):
+        value = record.get(field)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metric(name, "gauge", text, [({}, value)])
+    return "\n".join(lines) + "\n"
+
+
+def write_textfile(path: str, record: dict) -> None:
+    """The record's metrics for the node exporter's textfile collector, written atomically
+    (the collector reads only ``*.prom``: the temporary name is not one)."""
+    if not path.endswith(".prom"):
+        raise ValueError(f"{path}: the node exporter's textfile collector reads only *.prom")
+    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    write_atomically(path, prometheus_text(record).encode())
 
 
 def read_state(path: str) -> dict | None:

@@ -98,6 +98,15 @@ options:
     description: Where the truck keeps its last record.
     type: path
     default: /var/lib/linkedge/last-outcome.json
+  textfile:
+    description:
+      - Also write the record as metrics (C(linkedge_truck_serving_info) with the serving and
+        previous versions and the channel, C(linkedge_truck_last_outcome), the last attempt's
+        time, duration and bytes, C(linkedge_truck_serving_since_timestamp_seconds), the
+        sequence seen) to this C(*.prom) file, atomically, for the node exporter's textfile
+        collector (Debian's C(prometheus-node-exporter) reads
+        C(/var/lib/prometheus/node-exporter/)). Omit for none.
+    type: path
 author:
   - LinkEdge developers (@linkedge)
 seealso:
@@ -169,6 +178,7 @@ from ansible_collections.linkedge.edge.plugins.module_utils.outcome import (
     build_record,
     read_state,
     write_state,
+    write_textfile,
 )
 
 
@@ -197,6 +207,7 @@ def main() -> None:
                 ),
             ),
             state_file=dict(type="path", default=DEFAULT_STATE_FILE),
+            textfile=dict(type="path"),
         ),
         supports_check_mode=True,
     )
@@ -210,6 +221,11 @@ def main() -> None:
                 f"outcome not kept in {module.params['state_file']}: {exc}; the run's report "
                 "still has it"
             )
+        if module.params["textfile"]:
+            try:
+                write_textfile(module.params["textfile"], record)
+            except (OSError, ValueError) as exc:
+                module.warn(f"outcome metrics not written to {module.params['textfile']}: {exc}")
     module.exit_json(changed=False, record=record, state_file=module.params["state_file"])
 
 

@@ -16,9 +16,11 @@ from inference_image.serving.capture import CaptureSettings
 from inference_image.serving.config import ServingConfig
 from tests.conftest import synthetic_aps
 
+from .fakes_docker import module_utils
 from .test_app import metric_samples, post_json
 from .test_drift_metrics import records
 
+outcome = module_utils("outcome")
 RULES_DIR = Path(__file__).resolve().parents[2] / "monitoring" / "prometheus"
 RULES = RULES_DIR / "linkedge-rules.yml"
 
@@ -34,7 +36,7 @@ def promtool() -> str:
 def test_promtool_checks_the_rules_and_passes_their_tests(promtool: str) -> None:
     check = subprocess.run([promtool, "check", "rules", RULES], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 5 rules found" in check.stdout
+    assert "SUCCESS: 7 rules found" in check.stdout
     test = subprocess.run(
         [promtool, "test", "rules", RULES_DIR / "linkedge-rules.test.yml"],
         capture_output=True,
@@ -54,4 +56,8 @@ def test_every_linkedge_metric_the_rules_read_is_served(
     rows, _ = synthetic_aps(200, seed=5)
     assert post_json(client, "/predict", {"instances": records(rows)}).status_code == 200
     served = {name for name, _ in metric_samples(client)}
+    # linkedge_truck_*: the outcome record's textfile, for the node exporter.
+    record = {"serving_version": "v2", "outcome": "failed", "finished_at": 1.0, "sequence": 3}
+    textfile = outcome.prometheus_text(record)
+    served |= set(re.findall(r"^(linkedge_truck_[a-z_]+)", textfile, re.MULTILINE))
     assert read <= served, sorted(read - served)

@@ -242,3 +242,30 @@ def test_the_state_file_is_replaced_whole(tmp_path: Path):
     assert [p.name for p in path.parent.iterdir()] == ["last-outcome.json"]  # no temporaries
     path.write_text("{not json")
     assert outcome.read_state(str(path)) is None  # a torn file never breaks edge_facts
+
+
+def test_the_textfile_is_valid_exposition_for_the_node_exporter(tmp_path: Path):
+    """promtool (Debian's prometheus) checks the metrics the textfile collector will read."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    path = tmp_path / "node-exporter" / "linkedge.prom"
+    updated = record(switch=SWITCHED, probe=PROBED)
+    outcome.write_textfile(str(path), dict(updated, channel='st"able', sequence=7))
+    text = path.read_text()
+    assert [p.name for p in path.parent.iterdir()] == ["linkedge.prom"]  # no temporaries
+    assert 'linkedge_truck_last_outcome{outcome="updated"} 1' in text
+    assert 'linkedge_truck_last_outcome{outcome="failed"} 0' in text
+    assert f'version="{updated["serving_version"]}"' in text and 'channel="st\\"able"' in text
+    assert "linkedge_truck_sequence_seen 7" in text
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is missing: apt-get install prometheus (make test-tools)")
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    with pytest.raises(ValueError, match=r"\*\.prom"):
+        outcome.write_textfile(str(tmp_path / "linkedge.txt"), updated)
