@@ -14,6 +14,7 @@ and its records naming the served model.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,11 @@ class CaptureBench(Bench):
         cases = CASES[settings.mode]
         super().__init__(replace(settings, cases=cases, mlserver_venv=None), wrk)
         self.spool: Path | None = None
+        self._spool_dir = tempfile.TemporaryDirectory(prefix="linkedge-capture-bench-")
 
     def _servers(self, workdir: Path) -> list[Any]:
-        self.spool = workdir / "capture"
-        self.spool.mkdir(parents=True, exist_ok=True)
+        # Not in WORKDIR: Bench.run removes that before run() below reads the spool.
+        self.spool = Path(self._spool_dir.name)
         os.chmod(self.spool, 0o777)  # the image's user (10001) writes it
         return [
             LinkEdgeContainer(self.settings.image),
@@ -54,6 +56,12 @@ class CaptureBench(Bench):
         ]
 
     def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        finally:
+            self._spool_dir.cleanup()
+
+    def _run(self) -> dict[str, Any]:
         report = super().run()  # `docker rm --force`: the workers die as in a power cut
         drops = {}
         for case in report.get("cases", []):

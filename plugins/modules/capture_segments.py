@@ -42,7 +42,7 @@ options:
     description: Where the fetched files wait; required with O(receive).
     type: path
 author:
-  - LinkEdge developers
+  - LinkEdge developers (@linkedge)
 attributes:
   check_mode:
     description: Can run in check mode and report what would change without changing it.
