@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 
 from inference_image import contract
+from inference_image.durable import fsync_directory
 
 OPEN_DIR, SEALED_DIR = contract.CAPTURE_OPEN_DIR, contract.CAPTURE_SEALED_DIR
 DROPPED_FILE, SEGMENT_SUFFIX = contract.CAPTURE_DROPPED_FILE, contract.CAPTURE_SEGMENT_SUFFIX
@@ -77,14 +78,6 @@ def read_segment(path: Path) -> list[dict[str, Any]]:
     if good != len(data):
         raise SpoolError(f"{path}: damaged at byte {good} of {len(data)}")
     return records
-
-
-def _fsync_dir(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 @dataclass(frozen=True)
@@ -170,8 +163,8 @@ class CaptureSpool:
         self.make_room(size)
         target = self.directory / SEALED_DIR / f"{time.time_ns():020d}-{path.name}"
         os.rename(path, target)
-        _fsync_dir(target.parent)
-        _fsync_dir(path.parent)
+        fsync_directory(target.parent)
+        fsync_directory(path.parent)
         return target
 
     # --- the budget ----------------------------------------------------------------------

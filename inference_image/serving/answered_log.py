@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 
+from inference_image.durable import fsync_directory
+
 log = logging.getLogger("linkedge.mqtt")
 
 DEFAULT_WINDOW = 100_000
@@ -43,14 +45,6 @@ def prune_logs(state_dir: Path, older_than_seconds: float, keep: Path | None = N
         except OSError:
             continue
     return removed
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AnsweredIds:
@@ -102,7 +96,7 @@ class AnsweredIds:
         created = not path.exists()
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         if created:
-            _fsync_dir(path.parent)
+            fsync_directory(path.parent)
         if self._lines > 2 * self.window:
             self._compact()
 
@@ -133,7 +127,7 @@ class AnsweredIds:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_directory(self.path.parent)
         if self._fd is not None:
             os.close(self._fd)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
