@@ -151,6 +151,9 @@ class CaptureSpool:
         if self._file is None or self._pid != os.getpid() or self._path is None:
             return None
         os.fsync(self._file.fileno())
+        # On its disk now: drop its pages from the page cache, which counts against the
+        # serving container's memory limit (a full spool would otherwise press on it).
+        os.posix_fadvise(self._file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         self._file.close()
         self._file = None
         if not self._written:
