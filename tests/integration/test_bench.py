@@ -183,5 +183,7 @@ def test_capture_smoke_run_records_the_drop_and_a_whole_spool(
     assert entry["requests_per_s_off"] > 0 and entry["requests_per_s_on"] > 0
     assert entry["drop"] == round(1 - entry["requests_per_s_on"] / entry["requests_per_s_off"], 4)
     assert capture["rate"] == 1.0 and capture["segments"] >= 1 and capture["bytes"] > 0
+    # rate 1: every row answered by the capturing server (its own counts) was captured
+    assert capture["rows_captured"] == capture["rows_answered"] > 0
     assert capture["records"] >= 0.5 * entry["requests_per_s_on"]  # about a second of load
     assert "| single-predict |" in (tmp_path / "capture.md").read_text()
