@@ -73,10 +73,14 @@ def decode_lines(data: bytes) -> tuple[list[dict[str, Any]], int]:
 
 def read_segment(path: Path) -> list[dict[str, Any]]:
     """A sealed segment's records; SpoolError if any line is damaged (it never should be)."""
-    data = path.read_bytes()
+    return segment_records(path.read_bytes(), path)
+
+
+def segment_records(data: bytes, where: object) -> list[dict[str, Any]]:
+    """A sealed segment's records from its bytes (WHERE names it in the error)."""
     records, good = decode_lines(data)
     if good != len(data):
-        raise SpoolError(f"{path}: damaged at byte {good} of {len(data)}")
+        raise SpoolError(f"{where}: damaged at byte {good} of {len(data)}")
     return records
 
 

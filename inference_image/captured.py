@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .capture_spool import SEGMENT_SUFFIX, SpoolError, read_segment
+from .capture_spool import SEGMENT_SUFFIX, SpoolError, segment_records
 from .data import ApsDataset, DataFormatError, find_training_file, load_aps_csv
 
 CAPTURED_DIR = "captured"
@@ -52,11 +52,15 @@ class CapturedRows:
         return int(self.features.shape[0])
 
 
+def segment_files(data_dir: Path) -> list[Path]:
+    """Every collected segment, sorted (captured/<truck>/<segment>)."""
+    return sorted((Path(data_dir) / CAPTURED_DIR).glob(f"*/*{SEGMENT_SUFFIX}"))
+
+
 def captured_files(data_dir: Path) -> list[Path]:
     """The labels file and every segment, sorted: what the input fingerprint covers."""
-    files = sorted((Path(data_dir) / CAPTURED_DIR).glob(f"*/*{SEGMENT_SUFFIX}"))
     labels = Path(data_dir) / LABELS_FILE
-    return ([labels] if labels.is_file() else []) + files
+    return ([labels] if labels.is_file() else []) + segment_files(data_dir)
 
 
 def fingerprint_name(path: Path) -> str:
@@ -119,24 +123,25 @@ def load_labels(path: Path) -> list[Window]:
 def load_captured(data_dir: Path, feature_count: int) -> CapturedRows:
     """The labelled captured rows of DATA_DIR (none when it has no captured data)."""
     data_dir = Path(data_dir)
-    segments = captured_files(data_dir)
+    segments = segment_files(data_dir)
     labels_path = data_dir / LABELS_FILE
     windows = load_labels(labels_path) if labels_path.is_file() else []
+    digest = hashlib.sha256(labels_path.read_bytes() if labels_path.is_file() else b"")
     by_truck: dict[str, list[Window]] = {}
     for window in windows:
         by_truck.setdefault(window.truck, []).append(window)
     features: list[list[float]] = []
     labels: list[int] = []
     counts = {"segments": 0, "records": 0, "unlabelled": 0, "conflicting": 0}
-    digest = hashlib.sha256()
-    for path in (p for p in segments if p.suffix == SEGMENT_SUFFIX):
+    for path in segments:
         truck = path.parent.name
+        data = path.read_bytes()  # read once: parsed and digested
         try:
-            records = read_segment(path)
+            records = segment_records(data, path)
         except (SpoolError, ValueError) as exc:
             raise DataFormatError(path, f"not a whole capture segment: {exc}") from None
         counts["segments"] += 1
-        digest.update(path.read_bytes())
+        digest.update(data)
         for index, item in enumerate(records):
             counts["records"] += 1
             inputs = item.get("inputs")
@@ -158,8 +163,9 @@ def load_captured(data_dir: Path, feature_count: int) -> CapturedRows:
         **counts,
         "rows": len(labels),
         "positives": int(label_array.sum()),
-        "trucks": sorted({p.parent.name for p in segments if p.suffix == SEGMENT_SUFFIX}),
-        "segments_sha256": digest.hexdigest(),
+        "trucks": sorted({path.parent.name for path in segments}),
+        # The labels and every segment: the captured rows' identity.
+        "sha256": digest.hexdigest(),
         "labels_file": LABELS_FILE if labels_path.is_file() else None,
         "label_windows": len(windows),
     }
@@ -176,8 +182,7 @@ def training_data(data_dir: Path, feature_count: int) -> tuple[ApsDataset, dict[
     if not captured.rows:
         return official, captured.record
     identity = hashlib.sha256(official.sha256.encode())
-    identity.update(captured.record["segments_sha256"].encode())
-    identity.update((Path(data_dir) / LABELS_FILE).read_bytes())
+    identity.update(captured.record["sha256"].encode())
     combined = ApsDataset(
         features=np.concatenate([official.features, captured.features]),
         labels=np.concatenate([official.labels, captured.labels]),  # type: ignore[list-item]
