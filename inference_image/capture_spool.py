@@ -128,10 +128,14 @@ class CaptureSpool:
         self._pid = os.getpid()  # after a fork, the parent's segment stays the parent's
         name = f"{self._pid}-{time.time_ns():020d}{SEGMENT_SUFFIX}"
         self._path = self.directory / OPEN_DIR / name
-        self._file = open(self._path, "xb", buffering=0)  # noqa: SIM115 (kept open)
+        # Created under a name recover() does not look at, locked, then named: recover()
+        # never sees a segment of a live writer unlocked.
+        creating = self._path.with_name(name + ".new")
+        self._file = open(creating, "xb", buffering=0)  # noqa: SIM115 (kept open)
         # Held while the process lives: recover() leaves a locked segment alone. The kernel
         # drops the lock when the process dies, however it dies.
         fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(creating, self._path)
         self._written, self._opened_at = 0, self.clock()
 
     def append(self, records: list[dict[str, Any]]) -> None:
@@ -166,8 +170,7 @@ class CaptureSpool:
         return self._seal_file(self._path)
 
     def _seal_file(self, path: Path) -> Path:
-        size = path.stat().st_size
-        self.make_room(size)
+        self.make_room(0)  # the segment is in open/, so already counted there
         target = self.directory / SEALED_DIR / f"{time.time_ns():020d}-{path.name}"
         os.rename(path, target)
         fsync_directory(target.parent)
@@ -186,7 +189,8 @@ class CaptureSpool:
                 yield path, path.stat().st_size
 
     def make_room(self, incoming: int) -> None:
-        """Delete the oldest sealed segments until INCOMING more bytes fit the budget."""
+        """Delete the oldest sealed segments until INCOMING more bytes fit the budget (open
+        and sealed segments count)."""
         used = sum(size for _, size in self._sizes(SEALED_DIR))
         used += sum(size for _, size in self._sizes(OPEN_DIR))
         dropped_segments = dropped_bytes = 0
