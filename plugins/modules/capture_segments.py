@@ -150,8 +150,9 @@ def listing(directory: str) -> dict:
 
 def remove(module: AnsibleModule, directory: str, names: list) -> dict:
     removed = []
+    names = [segment_name(module, name) for name in names]  # all checked before any delete
     for name in names:
-        path = os.path.join(directory, CAPTURE_SEALED_DIR, segment_name(module, name))
+        path = os.path.join(directory, CAPTURE_SEALED_DIR, name)
         if os.path.exists(path):
             if not module.check_mode:
                 os.unlink(path)
@@ -167,10 +168,13 @@ def receive(module: AnsibleModule, directory: str, incoming: str, wanted: list) 
         name = segment_name(module, str(segment.get("name", "")))
         expected = str(segment.get("sha256", ""))
         target = os.path.join(directory, name)
+        fetched = os.path.join(incoming, name)
         if os.path.isfile(target) and sha256_file(target) == expected:
             received.append(name)  # received before: never twice
+            if os.path.exists(fetched) and not module.check_mode:
+                os.unlink(fetched)  # fetched again before the truck deleted it
+                changed = True
             continue
-        fetched = os.path.join(incoming, name)
         if not os.path.isfile(fetched):
             missing.append(name)  # not fetched: dropped for the budget after it was listed
             continue
