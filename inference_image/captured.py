@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,9 +75,13 @@ def fingerprint_name(path: Path) -> str:
 def _time(text: str, path: Path, line: int) -> float:
     text = text.strip()
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         pass
+    else:
+        if math.isfinite(value):
+            return value
+        raise DataFormatError(path, f"{text!r} is not a time", line)
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -173,10 +178,10 @@ def load_captured(data_dir: Path, feature_count: int) -> CapturedRows:
 
 
 def training_data(data_dir: Path, feature_count: int) -> tuple[ApsDataset, dict[str, Any]]:
-    """The official training file plus the labelled captured rows, and the captured rows'
-    record: what `train` trains on and the gate's `compare` cross-validates on, alike. With
-    captured rows the dataset's identity (its ``sha256``, which the fold plans record) covers
-    the official file, the segments and the labels."""
+    """The official training file plus the labelled captured rows (in that order), and the
+    captured rows' record: what `train` trains on and the gate's `compare` cross-validates on,
+    alike. With captured rows the dataset's identity (its ``sha256``, which the fold plans
+    record) covers the official file, the segments and the labels."""
     official = load_aps_csv(find_training_file(data_dir), require_labels=True)
     captured = load_captured(data_dir, feature_count)
     if not captured.rows:

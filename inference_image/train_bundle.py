@@ -135,17 +135,20 @@ def train_to_bundle(
         },
         "metrics": {"out_of_fold": out_of_fold, "repeated_cv": repeated, "test": test_metrics},
     }
-    # What the truck compares its requests with (drift): the training rows, as this model
-    # sees them.
+    # What the truck compares its requests with (drift): the official training rows, as this
+    # model sees them. Not the captured rows: capture keeps every pos answer and a sample of
+    # the rest, so they would skew the reference towards positives.
+    official = train.rows - captured["rows"]  # training_data puts them first
+    reference_rows, reference_labels = train.features[:official], train.labels[:official]
     reference = build_reference(
-        train.features,
+        reference_rows,
         APS_FEATURES,
-        model.probabilities(train.features) >= model.threshold,
-        train.labels,
+        model.probabilities(reference_rows) >= model.threshold,
+        reference_labels,
     )
     card["drift_reference"] = {
         "file": REFERENCE_FILE,
-        "rows": "the training rows",
+        "rows": "the official training rows (not the captured ones)",
         "positive_rate": "the final model's predicted-positive rate on them (in-sample)",
     }
     bundle_dir = write_bundle(

@@ -74,6 +74,7 @@ def test_no_captured_data_is_no_rows(tmp_path: Path) -> None:
         ("truck-1,2027-01-15,2027-01-16,maybe\n", r"line 2: aps_failure 'maybe' is not yes or no"),
         ("truck-1,yesterday,2027-01-16,yes\n", r"line 2: 'yesterday' is not a time"),
         ("truck-1,2027-01-16,2027-01-15,no\n", r"line 2: the window ends before it starts"),
+        ("truck-1,nan,2027-01-15,no\n", r"line 2: 'nan' is not a time"),
         (",2027-01-15,2027-01-16,no\n", r"line 2: no truck"),
     ],
 )
@@ -114,7 +115,10 @@ def test_training_uses_the_labelled_captured_rows(tmp_path: Path) -> None:
     )
     labels(tmp_path, window + "\n")
     params = TrainingParams(n_estimators=10, max_depth=3, nthread=1)
-    card = train_to_bundle(tmp_path, tmp_path / "bundle", params, evaluate=False).bundle.card
+    bundle = train_to_bundle(tmp_path, tmp_path / "bundle", params, evaluate=False).bundle
+    card = bundle.card
+    # The drift reference is the official rows only: captured ones lean towards positives.
+    assert bundle.reference is not None and bundle.reference["rows"] == 300
     assert card["data"]["captured"]["rows"] == 90
     assert card["data"]["captured"]["unlabelled"] == 10
     assert card["data"]["captured"]["positives"] == int(labels_[300:390].sum())
