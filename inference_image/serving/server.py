@@ -188,7 +188,9 @@ def run(
     if access_log is None:
         access_log = os.environ.get("LINKEDGE_ACCESS_LOG", "0") == "1"
     config = config or ServingConfig()
-    if check_port != config.check_port:  # the app tells checks from traffic by this port
+    if check_port is None:
+        check_port = config.check_port
+    elif check_port != config.check_port:  # the app tells checks from traffic by this port
         config = dataclasses.replace(config, check_port=check_port)
     preload = config.xgboost_nthread == 1  # see the module docstring: libgomp and fork()
     # Every setting is checked before anything changes the process (environment, metrics).
@@ -220,7 +222,12 @@ def run(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     prepare_multiprocess_dir()
     if config.capture is not None:  # what a power cut or a crash left open, sealed now
-        config.capture.spool().recover()
+        try:
+            config.capture.spool().recover()
+        except OSError as exc:  # one line and exit 2, as every bad setting
+            raise ValueError(
+                f"{contract.ENV_CAPTURE_DIR} ({config.capture.directory}): {exc}"
+            ) from None
     if config.mqtt is not None:
         from .mqtt_claims import forget_claims
 
