@@ -23,13 +23,14 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from inference_image.capture_spool import CaptureSpool, read_segment
+from inference_image import contract
+from inference_image.capture_spool import OPEN_DIR, SEGMENT_SUFFIX, CaptureSpool, read_segment
 
 from .run import Bench, Settings
 from .servers import LinkEdgeContainer
 
 CASES = {"full": ("single-predict", "batch-100-json"), "smoke": ("single-predict",)}
-SPOOL_MOUNT = "/var/lib/linkedge/capture"
+SPOOL_MOUNT = contract.CAPTURE_MOUNT
 TARGET_DROP = 0.05
 CAPTURE_KEY = "linkedge-capture"
 
@@ -60,7 +61,10 @@ class CaptureBench(Bench):
         super().__init__(replace(settings, cases=cases, mlserver_venv=None), wrk)
         self.spool: Path | None = None
         self.capturing: CapturingContainer | None = None
-        self._spool_dir = tempfile.TemporaryDirectory(prefix="linkedge-capture-bench-")
+        # The container's user (10001) owns what it writes there: cleaned up as far as we may.
+        self._spool_dir = tempfile.TemporaryDirectory(
+            prefix="linkedge-capture-bench-", ignore_cleanup_errors=True
+        )
 
     def _servers(self, workdir: Path) -> list[Any]:
         # Not in WORKDIR: Bench.run removes that before run() below reads the spool.
@@ -71,8 +75,8 @@ class CaptureBench(Bench):
             key=CAPTURE_KEY,
             label=f"LinkEdge, capture on ({self.settings.capture_rate:.0%} + every pos)",
             env={
-                "LINKEDGE_CAPTURE_DIR": SPOOL_MOUNT,
-                "LINKEDGE_CAPTURE_RATE": str(self.settings.capture_rate),
+                contract.ENV_CAPTURE_DIR: SPOOL_MOUNT,
+                contract.ENV_CAPTURE_RATE: str(self.settings.capture_rate),
             },
             mounts=[(self.spool, SPOOL_MOUNT, False)],
         )
@@ -97,8 +101,9 @@ class CaptureBench(Bench):
             }
         assert self.spool is not None
         # What the next start of the service does: seal what the killed workers left open.
-        recovered = CaptureSpool(self.spool, 1 << 40, 1 << 20).recover()
-        segments = sorted((self.spool / "sealed").glob("*.jsonl"))
+        spool = CaptureSpool(self.spool, 1 << 40, 1 << 20)
+        recovered = spool.recover()
+        segments = spool.sealed()
         records = 0
         for path in segments:
             try:
@@ -109,12 +114,12 @@ class CaptureBench(Bench):
             records += len(items)
             if any(item["model_version"] != report["settings"]["model_version"] for item in items):
                 self.failures.append(f"capture spool: {path.name} names another model")
-        left_open = list((self.spool / "open").glob("*.jsonl"))
+        left_open = list((self.spool / OPEN_DIR).glob(f"*{SEGMENT_SUFFIX}"))
         if left_open:
             self.failures.append(f"capture spool: {len(left_open)} segments still open")
         answered = self.capturing.answered if self.capturing else 0.0
         captured = self.capturing.captured if self.capturing else 0.0
-        dropped_segments, dropped_bytes = CaptureSpool(self.spool, 1 << 40, 1 << 20).dropped()
+        dropped_segments, dropped_bytes = spool.dropped()
         report["capture"] = {
             "rate": self.settings.capture_rate,
             # What the bodies made it capture: the cases' rows are not a truck's mix of pos.

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .drift import MIN_VALUES_FOR_PSI
 from .fleet_metrics import FleetMetrics
 
 PSI_THRESHOLD = 0.25  # the alert rule's (monitoring/prometheus/linkedge-rules.yml)
@@ -29,9 +30,11 @@ class ReportInputs:
 
 
 def load_rollouts(directory: Path, limit: int = 20) -> list[dict[str, Any]]:
-    """The rollout reports of DIRECTORY (linkedge.edge.rollout_report), newest first."""
+    """The rollout reports of DIRECTORY (linkedge.edge.rollout_report), newest first; check
+    mode's (``<stamp>-check.json``) changed nothing and are left out."""
     reports = []
-    for path in sorted(Path(directory).glob("2*.json"), reverse=True)[:limit]:
+    paths = [p for p in Path(directory).glob("2*.json") if not p.stem.endswith("-check")]
+    for path in sorted(paths, reverse=True)[:limit]:
         try:
             reports.append(json.loads(path.read_text()))
         except (OSError, ValueError):
@@ -147,7 +150,9 @@ def _drift(metrics: FleetMetrics | None) -> str:
     if metrics is None:
         return "<p>No Prometheus given.</p>"
     if not metrics.psi:
-        return "<p>No drift figures yet (a truck needs 100 values of a feature).</p>"
+        return (
+            f"<p>No drift figures yet (a truck needs {MIN_VALUES_FOR_PSI} values of a feature).</p>"
+        )
     return "".join(
         drift_chart(truck, metrics.psi[truck], metrics.window_rows.get(truck))
         for truck in sorted(metrics.psi)
