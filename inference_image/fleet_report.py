@@ -16,7 +16,7 @@ from typing import Any
 from .drift import MIN_VALUES_FOR_PSI
 from .fleet_metrics import FleetMetrics
 
-PSI_THRESHOLD = 0.25  # the alert rule's (monitoring/prometheus/linkedge-rules.yml)
+PSI_THRESHOLD = 0.25  # the alert rule's (roles/monitoring/files/linkedge-rules.yml)
 TOP_FEATURES = 12
 OVER, UNDER, ALERT = "#d32f2f", "#1976d2", "#c62828"  # the test looks for these colours
 

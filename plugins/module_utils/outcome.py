@@ -282,6 +282,12 @@ def prometheus_text(record: dict) -> str:
         ],
     )
     metric(
+        "linkedge_truck_wanted_info",
+        "gauge",
+        "The version the truck's last run was asked to serve (its channel's, in pull mode).",
+        [({"version": record.get("new_version"), "channel": record.get("channel")}, 1)],
+    )
+    metric(
         "linkedge_truck_last_outcome",
         "gauge",
         "1 for the outcome of the truck's last rollout, rollback or sync, 0 for the others.",

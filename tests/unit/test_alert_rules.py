@@ -1,4 +1,4 @@
-"""The fleet's alert rules (monitoring/prometheus): checked and unit-tested by Debian's promtool,
+"""The fleet's alert rules (roles/monitoring/files): checked and unit-tested by Debian's promtool,
 and every LinkEdge metric they read is one the served model really exports."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .test_app import metric_samples, post_json
 from .test_drift_metrics import records
 
 outcome = module_utils("outcome")
-RULES_DIR = Path(__file__).resolve().parents[2] / "monitoring" / "prometheus"
+RULES_DIR = Path(__file__).resolve().parents[2] / "roles" / "monitoring" / "files"
 RULES = RULES_DIR / "linkedge-rules.yml"
 
 
@@ -36,7 +36,7 @@ def promtool() -> str:
 def test_promtool_checks_the_rules_and_passes_their_tests(promtool: str) -> None:
     check = subprocess.run([promtool, "check", "rules", RULES], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 7 rules found" in check.stdout
+    assert "SUCCESS: 8 rules found" in check.stdout
     test = subprocess.run(
         [promtool, "test", "rules", RULES_DIR / "linkedge-rules.test.yml"],
         capture_output=True,
