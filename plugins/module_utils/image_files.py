@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import posixpath
+import shutil
 import tarfile
 
 from ansible_collections.linkedge.edge.plugins.module_utils.contract import (
@@ -79,3 +81,49 @@ def smoke_vectors_from_container(container) -> tuple[list, list]:
     """(smoke vectors, feature names) from the model bundle inside a container."""
     files = read_container_files(container, BUNDLE_DIR, (SMOKE_VECTORS_FILE, SCHEMA_FILE))
     return _parse_bundle_files(files, f"container {container.name}")
+
+
+def export_bundle(client, image_id: str, root: str) -> str:
+    """The model bundle inside image `image_id`, copied once to <root>/<12 hex digits of the
+    image ID>/ (files 0644 in a 0755 directory, readable by the serving user) and its path. A
+    bundle already there is used as is; a half-written one is never seen under that name (it
+    is written beside it, then renamed)."""
+    name = image_id.split(":", 1)[-1][:12]
+    destination = os.path.join(root, name)
+    if os.path.isdir(destination):
+        return destination
+    os.makedirs(root, mode=0o755, exist_ok=True)
+    container = client.containers.create(
+        image_id, entrypoint=["/bin/true"], labels={LABEL_ROLE: "file-reader"}
+    )
+    try:
+        stream, _stat = container.get_archive(BUNDLE_DIR)
+        data = b"".join(stream)
+    except NotFound as exc:
+        raise ImageFileError(f"{BUNDLE_DIR} is not in image {image_id}") from exc
+    finally:
+        container.remove(force=True)
+    top = posixpath.basename(BUNDLE_DIR)
+    partial = os.path.join(root, f".{name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial, mode=0o755)
+    written = 0
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        for member in archive.getmembers():
+            parent, _separator, base = member.name.rpartition("/")
+            if parent != top or not member.isfile() or base in ("", ".", ".."):
+                continue  # only the regular files directly in the bundle directory
+            handle = archive.extractfile(member)
+            target = os.path.join(partial, base)
+            with open(target, "wb") as out:
+                shutil.copyfileobj(handle, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(target, 0o644)
+            written += 1
+    if written == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ImageFileError(f"the model bundle in image {image_id} ({BUNDLE_DIR}) is empty")
+    os.chmod(partial, 0o755)
+    os.rename(partial, destination)
+    return destination

@@ -137,6 +137,18 @@ options:
         "Shadow model".
       - Omit for none.
     type: path
+  shadow_image:
+    description:
+      - The same as O(shadow_bundle), with the bundle taken from a release image already on
+        this host's engine (its ID or a reference, such as a release loaded by an earlier
+        rollout). Its bundle is copied once to O(shadow_dir)/<12 hex digits of the image ID>.
+      - Mutually exclusive with O(shadow_bundle). Omit for none.
+    type: str
+  shadow_dir:
+    description:
+      - Where bundles taken from O(shadow_image) are kept on the host.
+    type: path
+    default: /var/lib/linkedge/shadow
   capture:
     description:
       - Data capture, for bringing what the truck sees back to training. The serving container
@@ -361,6 +373,7 @@ steps:
   elements: str
 """
 
+import os
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
@@ -373,6 +386,10 @@ from ansible_collections.linkedge.edge.plugins.module_utils.docker_client import
     ImageNotFound,
     docker_error_message,
     get_docker_client,
+)
+from ansible_collections.linkedge.edge.plugins.module_utils.image_files import (
+    ImageFileError,
+    export_bundle,
 )
 from ansible_collections.linkedge.edge.plugins.module_utils.inference_switch import (
     InferenceSwitch,
@@ -401,6 +418,8 @@ ARGUMENT_SPEC = dict(
         ),
     ),
     shadow_bundle=dict(type="path"),
+    shadow_image=dict(type="str"),
+    shadow_dir=dict(type="path", default="/var/lib/linkedge/shadow"),
     capture=dict(
         type="dict",
         options=dict(
@@ -444,8 +463,36 @@ EMPTY_RESULT = dict(
 )
 
 
+def shadow_bundle_of(module: AnsibleModule, client) -> str:
+    """The host directory of O(shadow_image)'s bundle (copied out of the image once)."""
+    params = module.params
+    try:
+        shadow = client.images.get(params["shadow_image"])
+    except ImageNotFound:
+        module.fail_json(
+            msg=f"shadow_image {params['shadow_image']} is not on this host: roll the release "
+            "out to the truck once (or load it with linkedge.edge.image_load), or omit "
+            "shadow_image",
+            **EMPTY_RESULT,
+        )
+    except DockerException as exc:
+        module.fail_json(msg=docker_error_message(f"looking up {params['shadow_image']}", exc))
+    existing = os.path.join(params["shadow_dir"], shadow.id.split(":", 1)[-1][:12])
+    if module.check_mode:
+        return existing  # a check writes nothing; a new bundle shows as a changed mount
+    try:
+        return export_bundle(client, shadow.id, params["shadow_dir"])
+    except (ImageFileError, OSError) as exc:
+        module.fail_json(msg=f"shadow_image {params['shadow_image']}: {exc}", **EMPTY_RESULT)
+    raise AssertionError("unreachable")
+
+
 def main() -> None:
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module = AnsibleModule(
+        argument_spec=ARGUMENT_SPEC,
+        supports_check_mode=True,
+        mutually_exclusive=[("shadow_bundle", "shadow_image")],
+    )
     params = module.params
     if not 0 < params["published_port"] < 65536:
         module.fail_json(msg=f"published_port {params['published_port']} is not a TCP port")
@@ -466,6 +513,8 @@ def main() -> None:
     except DockerException as exc:
         module.fail_json(msg=docker_error_message(f"looking up {params['image']}", exc))
 
+    if params["shadow_image"]:
+        params["shadow_bundle"] = shadow_bundle_of(module, client)
     warning = handover_warning()
     if warning:
         module.warn(warning)
