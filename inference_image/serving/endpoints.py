@@ -63,6 +63,7 @@ class PredictionEndpoints:
         self.model = model
         self.metrics = metrics
         self.observers = dict(observers or {})  # drift, capture, shadow: see RowObserver
+        self._observer_errors_logged: set[tuple[str, str]] = set()
         self.check_port = None if config.check_port is None else str(config.check_port)
         self.max_body_bytes = config.max_body_bytes
         self.max_rows = config.max_rows
@@ -92,10 +93,25 @@ class PredictionEndpoints:
             for name, observer in self.observers.items():
                 try:
                     observer.observe(rows, probabilities, positive)
-                except Exception:
+                except Exception as exc:
                     self.metrics.count_observer_error(name)
-                    log.exception("%s could not take the rows of a request", name)
+                    self._log_observer_error(name, exc)
         return probabilities, positive
+
+    def _log_observer_error(self, name: str, exc: Exception) -> None:
+        """The traceback of an observer's first error of each exception type; the same type
+        again is only counted (linkedge_observer_errors_total), so a broken spool does not flood the log
+        at the request rate."""
+        kind = (name, type(exc).__name__)
+        if kind in self._observer_errors_logged:
+            return
+        self._observer_errors_logged.add(kind)
+        log.error(
+            "%s could not take the rows of a request (logged once; every one is counted in "
+            "linkedge_observer_errors_total)",
+            name,
+            exc_info=exc,
+        )
 
     def observed(self, environ: Mapping[str, Any]) -> bool:
         """False for a request on the check port (inference_container's smoke checks of a

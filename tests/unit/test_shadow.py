@@ -85,16 +85,21 @@ def test_a_shadow_that_cannot_serve_is_reported_and_the_model_serves(
     )
 
 
-def test_a_failing_observer_is_counted_and_the_answer_stands(tiny_bundle, tmp_path) -> None:
+def test_a_failing_observer_is_counted_and_the_answer_stands(tiny_bundle, tmp_path, caplog) -> None:
     spool = tmp_path / "spool"
     settings = CaptureSettings(spool, rate=1.0, budget_bytes=1 << 20, segment_bytes=1 << 16)
     client = create_app(tiny_bundle, ServingConfig(capture=settings)).test_client()
     shutil.rmtree(spool)  # the volume went away under the service
     rows, _ = synthetic_aps(5, seed=15)
-    assert post_json(client, "/predict", {"instances": records(rows)}).status_code == 200
+    with caplog.at_level("ERROR", logger="linkedge.serving"):
+        for _request in range(3):
+            answer = post_json(client, "/predict", {"instances": records(rows)})
+            assert answer.status_code == 200
     samples = metric_samples(client)
-    assert samples[("linkedge_observer_errors_total", (("observer", "capture"),))] == 1
-    assert samples[("linkedge_drift_window_rows", ())] == 5  # the others still observed
+    assert samples[("linkedge_observer_errors_total", (("observer", "capture"),))] == 3
+    assert samples[("linkedge_drift_window_rows", ())] == 15  # the others still observed
+    logged = [r for r in caplog.records if "could not take the rows" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None  # once, with its traceback
 
 
 def test_the_shadow_bundle_comes_from_the_environment(tmp_path) -> None:
