@@ -104,29 +104,36 @@ class BodyFactory:
         if problem:  # the expectations themselves would be wrong
             raise ValueError(f"{bundle.path}: the local libxgboost disagrees: {problem}")
 
-    def _expected(self, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    def expected(self, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
         probabilities = self._predictor.predict_proba(rows)
         return probabilities, [self.bundle.label_for(float(p)) for p in probabilities.tolist()]
 
-    def predict(self, n_rows: int) -> Body:
-        rows = rows_of(self.bundle, n_rows)
+    def predict(self, n_rows: int, rows: np.ndarray | None = None, key: str = "") -> Body:
+        """N_ROWS of the smoke vectors (or the ROWS given) as a /predict body."""
+        rows = rows_of(self.bundle, n_rows) if rows is None else rows[:n_rows]
         records = [
             dict(zip(self.feature_names, row, strict=True))
             for row in np.array(_json_values(rows), dtype=object).reshape(rows.shape).tolist()
         ]
         document = records[0] if n_rows == 1 else {"instances": records}
         return Body(
-            f"predict-{n_rows}",
+            key or f"predict-{n_rows}",
             "predict",
             "/predict",
             "application/json",
             json.dumps(document).encode(),
             n_rows,
-            *self._expected(rows),
+            *self.expected(rows),
         )
 
-    def v2_json(self, n_rows: int, outputs: list[str] | None = None, key: str = "") -> Body:
-        rows = rows_of(self.bundle, n_rows)
+    def v2_json(
+        self,
+        n_rows: int,
+        outputs: list[str] | None = None,
+        key: str = "",
+        rows: np.ndarray | None = None,
+    ) -> Body:
+        rows = rows_of(self.bundle, n_rows) if rows is None else rows[:n_rows]
         return Body(
             key or f"v2-json-{n_rows}",
             "v2-json",
@@ -134,7 +141,7 @@ class BodyFactory:
             "application/json",
             json.dumps(v2_request(rows, outputs)).encode(),
             n_rows,
-            *self._expected(rows),
+            *self.expected(rows),
         )
 
     def v2_binary(self, n_rows: int) -> Body:
@@ -147,6 +154,6 @@ class BodyFactory:
             "application/octet-stream",
             data,
             n_rows,
-            *self._expected(rows),
+            *self.expected(rows),
             headers={BINARY_HEADER: str(json_length)},
         )

@@ -133,6 +133,10 @@ class Bench:
         self.loads: list[tuple[float, float, float]] = []
         self.quiet: dict[str, float] | None = None
 
+    def available_cases(self, factory: BodyFactory) -> list[Case]:
+        """The cases this bench can run (settings.cases picks among them)."""
+        return smoke_cases(factory) if self.settings.mode == "smoke" else full_cases(factory)
+
     def start_checked(self, servers: list[Any], factory: BodyFactory) -> None:
         """Start each server and check its smoke vectors before any load."""
         for server in servers:
@@ -295,7 +299,7 @@ class Bench:
         load_start = os.getloadavg()
         bundle = load_bundle(settings.bundle)
         factory = BodyFactory(bundle)
-        cases = smoke_cases(factory) if settings.mode == "smoke" else full_cases(factory)
+        cases = self.available_cases(factory)
         if settings.cases:
             known = {case.key for case in cases}
             unknown = [key for key in settings.cases if key not in known]
