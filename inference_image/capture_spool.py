@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -121,6 +122,8 @@ class CaptureSpool:
         self._pid = -1
         self._written = 0
         self._opened_at = 0.0
+        # append() runs in request threads, seal_if_old() in the sealing timer's.
+        self._lock = threading.Lock()
 
     # --- writing -------------------------------------------------------------------------
 
@@ -143,19 +146,32 @@ class CaptureSpool:
         seal the segment when it is full or old."""
         if not records:
             return
-        if self._file is None or self._pid != os.getpid():
-            self._open()
         data = b"".join(encode_record(record) for record in records)
-        self._file.write(data)
-        self._written += len(data)
-        if (
-            self._written >= self.segment_bytes
-            or self.clock() - self._opened_at >= self.segment_seconds
-        ):
-            self.seal()
+        with self._lock:
+            if self._file is None or self._pid != os.getpid():
+                self._open()
+            self._file.write(data)
+            self._written += len(data)
+            if (
+                self._written >= self.segment_bytes
+                or self.clock() - self._opened_at >= self.segment_seconds
+            ):
+                self._seal()
 
     def seal(self) -> Path | None:
         """Make the open segment complete and collectable; None if there was none."""
+        with self._lock:
+            return self._seal()
+
+    def seal_if_old(self) -> Path | None:
+        """Seal the open segment when it is older than segment_seconds (a quiet truck's rows
+        become collectable without waiting for the next request); None otherwise."""
+        with self._lock:
+            if self._file is None or self.clock() - self._opened_at < self.segment_seconds:
+                return None
+            return self._seal()
+
+    def _seal(self) -> Path | None:
         if self._file is None or self._pid != os.getpid() or self._path is None:
             return None
         os.fsync(self._file.fileno())

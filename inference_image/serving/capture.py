@@ -8,8 +8,10 @@ Every row the model calls "pos" is captured; the others with probability ``rate`
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +21,8 @@ import numpy as np
 
 from inference_image import contract
 from inference_image.capture_spool import CaptureSpool, SpoolError
+
+log = logging.getLogger("linkedge.serving")
 
 ENV_DIR, ENV_RATE = contract.ENV_CAPTURE_DIR, contract.ENV_CAPTURE_RATE
 ENV_BUDGET, ENV_SEGMENT = contract.ENV_CAPTURE_BUDGET, contract.ENV_CAPTURE_SEGMENT
@@ -98,11 +102,31 @@ class RequestCapture:
         self.model_version = model_version
         self._rng = np.random.default_rng()
         self._pid = os.getpid()
+        self._sealer_pid = -1  # the process whose sealing timer runs
+
+    def _start_sealer(self) -> None:
+        """A daemon thread per process that seals the segment once it is old, requests or not
+        (the check runs every quarter of segment_seconds, at most every 30 s)."""
+        self._sealer_pid = os.getpid()
+        period = min(max(self.settings.segment_seconds / 4, 0.25), 30.0)
+        spool = self.spool
+
+        def seal_old_segments() -> None:
+            while True:
+                time.sleep(period)
+                try:
+                    spool.seal_if_old()
+                except OSError:
+                    log.exception("capture: the open segment could not be sealed")
+
+        threading.Thread(target=seal_old_segments, name="capture-sealer", daemon=True).start()
 
     def observe(self, rows: np.ndarray, probabilities: np.ndarray, positive: np.ndarray) -> int:
         """Capture the chosen rows; how many were captured."""
         if self._pid != os.getpid():  # a fork: a sampling stream of its own
             self._rng, self._pid = np.random.default_rng(), os.getpid()
+        if self._sealer_pid != os.getpid():  # threads do not survive a fork: one per process
+            self._start_sealer()
         sampled = self._rng.random(len(rows)) < self.settings.rate
         chosen = np.flatnonzero(positive | sampled)
         if not len(chosen):

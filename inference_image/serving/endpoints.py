@@ -100,8 +100,8 @@ class PredictionEndpoints:
 
     def _log_observer_error(self, name: str, exc: Exception) -> None:
         """The traceback of an observer's first error of each exception type; the same type
-        again is only counted (linkedge_observer_errors_total), so a broken spool does not flood the log
-        at the request rate."""
+        again is only counted (linkedge_observer_errors_total), so a broken spool does not
+        flood the log at the request rate."""
         kind = (name, type(exc).__name__)
         if kind in self._observer_errors_logged:
             return

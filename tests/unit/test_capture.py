@@ -4,6 +4,7 @@ environment with errors that name the variable."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +106,21 @@ def test_the_check_port_comes_from_the_environment(tmp_path) -> None:
     assert ServingConfig.from_env({"LINKEDGE_CHECK_PORT": "18081"}).check_port == 18081
     with pytest.raises(ValueError, match="LINKEDGE_CHECK_PORT"):
         ServingConfig.from_env({"LINKEDGE_CHECK_PORT": "0"})
+
+
+def test_a_quiet_service_seals_its_old_segment_without_another_request(
+    tiny_bundle, tmp_path
+) -> None:
+    settings = CaptureSettings(
+        tmp_path, rate=1.0, budget_bytes=1 << 20, segment_bytes=1 << 16, segment_seconds=1
+    )
+    client = create_app(tiny_bundle, ServingConfig(capture=settings)).test_client()
+    rows, _ = synthetic_aps(7, seed=21)
+    assert post_json(client, "/predict", {"instances": records(rows)}).status_code == 200
+    sealed = tmp_path / "sealed"
+    deadline = time.monotonic() + 10
+    while not list(sealed.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)  # no request: only the sealing timer can seal it
+    segments = list(sealed.iterdir())
+    assert len(segments) == 1, "the old segment was not sealed without a request"
+    assert len(read_segment(segments[0])) == 7
