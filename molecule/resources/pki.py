@@ -45,6 +45,7 @@ CLIENTS = (
     "test-sensor",
     # depot
     "bridge",
+    "capture-upload",
     "depot-observer",
 )
 

@@ -44,8 +44,9 @@ EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
 sys.path.insert(0, str(PROJECT / "molecule" / "resources" / "tests"))
 sys.path.insert(0, str(PROJECT))
 
-from truck_api import Playbooks, Release, save_figures, served_release  # noqa: E402
+from truck_api import Playbooks, Release, save_figures, served_release, truck_http  # noqa: E402
 
+from inference_image.capture_spool import read_segment  # noqa: E402
 from inference_image.contract import registry_reference, registry_repository  # noqa: E402
 from tests.depot import CLI, KEYS, channel, publish  # noqa: E402
 
@@ -627,3 +628,74 @@ def test_the_depot_sees_the_whole_fleet_without_reaching_a_truck():
     assert canary["flags"] == ["behind", "failed"], canary
     assert canary["reason"].startswith("revoked_key"), canary
     assert fleet["summary"]["ok"] == 2 and fleet["summary"]["failed"] == 1, fleet["summary"]
+
+
+# --- data capture through the depot ----------------------------------------------------------
+
+UPLOAD_PROBE = r"""
+import base64, json, ssl, sys, urllib.error, urllib.request
+url, user, password = sys.argv[1:4]
+request = urllib.request.Request(url, data=b'{"x": 1}\n', method="PUT")
+if user:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+context = ssl.create_default_context(cafile="/etc/linkedge/depot-ca.pem")
+try:
+    with urllib.request.urlopen(request, context=context, timeout=10) as answer:
+        print(answer.status)
+except urllib.error.HTTPError as error:
+    print(error.code)
+"""
+
+
+def test_captured_rows_reach_the_depot_at_the_next_sync():
+    """pull-truck-2 captures every answer; its next sync uploads the sealed segments to the
+    depot (PUT <depot>/capture/<truck>/<segment>) and deletes them on the truck. The depot's
+    capture/ has collect's layout, so `linkedge-image train --data` reads it as captured/. A
+    truck may write only its own directory, and only with its password."""
+    rows = [
+        dict(zip(V3.features, vector["inputs"], strict=True)) | {"ab_000": 2_000_000.0 + number}
+        for number, vector in enumerate(V3.smoke_vectors * 10)
+    ]
+    status, body = truck_http(TRUCK_2, "POST", "/predict", {"instances": rows}, timeout=30)
+    assert status == 200, body
+    marker = V3.features.index("ab_000")
+    spool = "/var/lib/linkedge/capture/sealed"
+    # The segment is sealed by age (5 s here) with no further request, then the sync uploads.
+    wait_for(
+        "the sealed segment on the truck",
+        lambda: on(TRUCK_2, "find", spool, "-name", "*.jsonl"),
+        30,
+        1,
+    )
+    started = time.monotonic()
+    record = sync_now(TRUCK_2)
+    FIGURES["capture_upload_sync_seconds"] = round(time.monotonic() - started, 1)
+    assert record["outcome"] in ("unchanged", "updated"), record
+    home = DEPOT / "capture" / TRUCK_2
+    found: dict[int, int] = {}
+    for path in sorted(home.glob("*.jsonl")):
+        for item in read_segment(path):  # every line's CRC checked: whole segments only
+            value = item["inputs"][marker]
+            if value is not None and value >= 2_000_000:
+                found[int(value)] = found.get(int(value), 0) + 1
+    assert sorted(found) == [2_000_000 + n for n in range(len(rows))], sorted(found)[:5]
+    assert set(found.values()) == {1}, "a row reached the depot twice"
+    assert on(TRUCK_2, "find", spool, "-name", "*.jsonl") == ""
+    assert not list((DEPOT / ".capture-incoming").iterdir()), "a partial upload was left"
+    url = "https://pull-depot/capture/{}/probe.jsonl"
+    probes = {
+        "other truck's directory": (url.format(TRUCK_3), TRUCK_2, SECRETS["capture-upload"]),
+        "no password": (url.format(TRUCK_2), "", ""),
+        "wrong password": (url.format(TRUCK_2), TRUCK_2, "wrong"),
+    }
+    answers = {
+        name: on(TRUCK_2, "python3", "-c", UPLOAD_PROBE, *argv) for name, argv in probes.items()
+    }
+    assert answers == {
+        "other truck's directory": "403",
+        "no password": "401",
+        "wrong password": "401",
+    }, answers
+    assert not (DEPOT / "capture" / TRUCK_3).exists()
+    FIGURES["capture_upload_rows"] = len(found)
