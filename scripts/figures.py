@@ -112,6 +112,36 @@ SCENARIOS: dict[str, tuple[str, str, dict[str, str]]] = {
             "MQTT again, s",
         },
     ),
+    "mqtt-telemetry": (
+        "MQTT bus scenario: monitoring, drift, capture, retraining, shadow "
+        "(tests/test_telemetry.py)",
+        "The truck runs the role monitoring (node exporter, vmagent forwarding every 5 s) and "
+        "sends to the depot's Prometheus (same role, depot mode, TLS); its serving container "
+        "captures every answer (256 KiB segments) and keeps a 2-minute drift window. The drift "
+        "alert's `for:` is 30 s in the scenario (10 min as shipped).",
+        {
+            "truck_monitoring_memory_mib": "memory of the monitoring parts on the truck "
+            "(systemd MemoryCurrent), MiB",
+            "truck_monitoring_memory_mib_total": "both together, MiB",
+            "forwarder_gap": "the depot's Prometheus stopped for about 60 s, the forwarder "
+            "restarted meanwhile: 5-s scrapes of the gap expected and delivered, s until all "
+            "arrived",
+            "drift_psi_max_unshifted": "largest PSI over 1,000 unshifted real rows",
+            "drift_to_alert_seconds": "from the first row with `aa_000` x 10 until "
+            "LinkEdgeDriftAboveThreshold fired in Prometheus, s",
+            "drift_rows_sent_until_alert": "shifted rows sent until then",
+            "drift_psi_shifted_feature": "the shifted feature's PSI at the depot",
+            "drift_alert_for": "the rule's `for:` in the scenario",
+            "capture_power_cut_seconds_to_serving": "power cut after 600 answered rows until "
+            "serving again, s",
+            "capture_collected": "`collect.yml` after the power cut: segments, bytes, the "
+            "marked rows answered and collected (each once)",
+            "retrain": "train on the official sample plus every collected row (labelled by one "
+            "maintenance window) and the paired gate against release v2's parameters",
+            "shadow": "release v1 in shadow beside v2 (`inference_service_shadow_image`): rows, "
+            "agreement of the labels, at the depot",
+        },
+    ),
     "pull": (
         "Pull scenario: three trucks syncing from a depot (`molecule test -s pull`)",
         "A depot (nginx over HTTPS, docker-registry over TLS, Mosquitto) and three trucks in "
@@ -138,6 +168,9 @@ SCENARIOS: dict[str, tuple[str, str, dict[str, str]]] = {
             "after the deferral), s",
             "refused": "reasons reported for a replayed, an altered and a wrongly signed pointer",
             "keys": "the rotated-to key, the revoked key, and the revoked key's refusal",
+            "capture_upload_sync_seconds": "the sync that uploaded pull-truck-2's sealed "
+            "capture segments to the depot, s",
+            "capture_upload_rows": "marked rows that reached the depot's capture/, each once",
         },
     ),
 }
