@@ -225,11 +225,15 @@ class CaptureSpool:
             self._count_dropped(dropped_segments, dropped_bytes)
 
     def _count_dropped(self, segments: int, size: int) -> None:
-        counts = self.dropped()
-        counts = {"segments": counts[0] + segments, "bytes": counts[1] + size}
-        staging = self.directory / f".{DROPPED_FILE}.{os.getpid()}"
-        staging.write_text(json.dumps(counts))
-        os.replace(staging, self.directory / DROPPED_FILE)
+        """Add to the counts in dropped.json: read, add and replace under an exclusive lock
+        (the workers of a container, and its successor during a switch, share the spool)."""
+        with open(self.directory / f".{DROPPED_FILE}.lock", "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            counts = self.dropped()
+            counts = {"segments": counts[0] + segments, "bytes": counts[1] + size}
+            staging = self.directory / f".{DROPPED_FILE}.{os.getpid()}"
+            staging.write_text(json.dumps(counts))
+            os.replace(staging, self.directory / DROPPED_FILE)
 
     def dropped(self) -> tuple[int, int]:
         """Segments and bytes dropped for the budget since the spool was made."""

@@ -3,6 +3,7 @@ process is killed mid-write or a file system leaves a torn tail (a power cut).""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -143,3 +144,23 @@ def test_recover_leaves_a_live_writer_s_segment_open(tmp_path: Path) -> None:
     spool.append([record(3)])
     spool.seal()
     assert sorted(item["n"] for item in all_records(spool)) == [1, 2, 3]
+
+
+def _count_drops(directory: Path, times: int) -> None:
+    spool = CaptureSpool(directory, budget_bytes=1 << 20, segment_bytes=1 << 16)
+    for _ in range(times):
+        spool._count_dropped(1, 10)
+
+
+def test_drop_counts_from_several_processes_add_up(tmp_path: Path) -> None:
+    """Workers that drop segments at the same time: every drop counted (dropped.json is
+    read, added to and replaced under a lock)."""
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_count_drops, args=(tmp_path, 200)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    spool = CaptureSpool(tmp_path, budget_bytes=1 << 20, segment_bytes=1 << 16)
+    assert spool.dropped() == (800, 8000)
