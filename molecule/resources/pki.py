@@ -46,6 +46,8 @@ CLIENTS = (
     # depot
     "bridge",
     "capture-upload",
+    "metrics-truck",
+    "metrics-reader",
     "depot-observer",
 )
 

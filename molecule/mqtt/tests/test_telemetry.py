@@ -23,6 +23,7 @@ memory on the truck, what capture collected).
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -50,6 +52,7 @@ from inference_image.schema import APS_FEATURES  # noqa: E402
 
 TRUCK, DEPOT, NETWORK = "mqtt-truck", "mqtt-depot", "linkedge-mqtt"
 PKI = PROJECT / "build" / "mqtt-pki"
+SECRETS = json.loads((PKI / "secrets.json").read_text())
 DATA = Path(os.environ.get("LINKEDGE_DATA_DIR", PROJECT.parent / "shared" / "aps"))
 SPOOL = "/var/lib/linkedge/capture"
 PLAYBOOKS = Playbooks(PROJECT, EPHEMERAL)
@@ -67,14 +70,19 @@ class Prometheus:
     """The depot's Prometheus over HTTPS, its certificate checked against the scenario's CA (by
     the CA, not the name: the certificate names mqtt-depot, which the host cannot resolve)."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, user: str | None = "depot-reader") -> None:
         self.base = f"https://{address}:9090"
         self.context = ssl.create_default_context(cafile=str(PKI / "ca.crt"))
         self.context.check_hostname = False
+        self.headers = {}
+        if user:
+            token = base64.b64encode(f"{user}:{SECRETS['metrics-reader']}".encode()).decode()
+            self.headers["Authorization"] = f"Basic {token}"
 
     def get(self, path: str, **params: str) -> dict:
         url = f"{self.base}{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, context=self.context, timeout=10) as answer:
+        request = urllib.request.Request(url, headers=self.headers)
+        with urllib.request.urlopen(request, context=self.context, timeout=10) as answer:
             body = json.loads(answer.read())
         assert body["status"] == "success", body
         return body["data"]
@@ -150,6 +158,18 @@ def test_the_truck_reports_to_the_depot(prometheus: Prometheus) -> None:
     assert serving[0]["metric"]["version"] == meta["versions"][0]
     assert prometheus.value(f'node_memory_MemAvailable_bytes{{truck="{TRUCK}"}}') > 0
     assert prometheus.value(f'linkedge_container_memory_bytes{{truck="{TRUCK}"}}') > 0
+    # Without a user, the depot answers neither a query nor a remote write.
+    anonymous = Prometheus(truck_ip(DEPOT, NETWORK), user=None)
+    for path in ("/api/v1/query?query=up", "/api/v1/write"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(
+                urllib.request.Request(
+                    f"{anonymous.base}{path}", data=b"" if "write" in path else None
+                ),
+                context=anonymous.context,
+                timeout=10,
+            )
+        assert refused.value.code == 401, path
     cpu = prometheus.value(f'linkedge_container_cpu_seconds_total{{truck="{TRUCK}"}}')
     assert cpu is not None and cpu > 0
     memory = {}
@@ -303,7 +323,7 @@ def test_capture_keeps_every_answered_row_across_a_power_cut(records: list[dict]
     for path in new:
         for record in read_segment(path):  # every line's CRC checked
             value = record["inputs"][marker]
-            if value is not None and value >= 1_000_000:
+            if value is not None and 1_000_000 <= value < 1_000_000 + len(marked):
                 assert int(value) not in found, f"row {int(value)} collected twice"
                 found[int(value)] = record
     assert sorted(found) == sorted(answers), (
