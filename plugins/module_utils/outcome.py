@@ -281,12 +281,13 @@ def prometheus_text(record: dict) -> str:
             )
         ],
     )
-    metric(
-        "linkedge_truck_wanted_info",
-        "gauge",
-        "The version the truck's last run was asked to serve (its channel's, in pull mode).",
-        [({"version": record.get("new_version"), "channel": record.get("channel")}, 1)],
-    )
+    if record.get("new_version"):  # a run that learned no version (deferred, depot down) says none
+        metric(
+            "linkedge_truck_wanted_info",
+            "gauge",
+            "The version the truck's last run was asked to serve (its channel's, in pull mode).",
+            [({"version": record.get("new_version"), "channel": record.get("channel")}, 1)],
+        )
     metric(
         "linkedge_truck_last_outcome",
         "gauge",

@@ -57,7 +57,18 @@ def test_every_linkedge_metric_the_rules_read_is_served(
     assert post_json(client, "/predict", {"instances": records(rows)}).status_code == 200
     served = {name for name, _ in metric_samples(client)}
     # linkedge_truck_*: the outcome record's textfile, for the node exporter.
-    record = {"serving_version": "v2", "outcome": "failed", "finished_at": 1.0, "sequence": 3}
+    record = {"serving_version": "v2", "new_version": "v3", "outcome": "failed", "finished_at": 1.0}
+    record["sequence"] = 3
     textfile = outcome.prometheus_text(record)
     served |= set(re.findall(r"^(linkedge_truck_[a-z_]+)", textfile, re.MULTILINE))
     assert read <= served, sorted(read - served)
+
+
+def test_a_run_that_learned_no_version_writes_no_wanted_version() -> None:
+    """A deferred sync (or the depot down) knows no wanted version: no linkedge_truck_wanted_info
+    series, so LinkEdgeVersionDiffersFromChannel stays quiet (its promtool case truck-13)."""
+    deferred = outcome.prometheus_text({"serving_version": "v2", "outcome": "deferred"})
+    assert "linkedge_truck_serving_info" in deferred
+    assert "linkedge_truck_wanted_info" not in deferred
+    wanted = outcome.prometheus_text({"serving_version": "v2", "new_version": "v3"})
+    assert 'linkedge_truck_wanted_info{version="v3",channel=""} 1' in wanted
