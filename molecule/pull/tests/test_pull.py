@@ -672,17 +672,18 @@ def test_captured_rows_reach_the_depot_at_the_next_sync():
     record = sync_now(TRUCK_2)
     FIGURES["capture_upload_sync_seconds"] = round(time.monotonic() - started, 1)
     assert record["outcome"] in ("unchanged", "updated"), record
-    home = DEPOT / "capture" / TRUCK_2
+    home = PROJECT / "build" / "pull-depot-capture" / TRUCK_2
     found: dict[int, int] = {}
     for path in sorted(home.glob("*.jsonl")):
         for item in read_segment(path):  # every line's CRC checked: whole segments only
             value = item["inputs"][marker]
-            if value is not None and value >= 2_000_000:
+            if value is not None and 2_000_000 <= value < 2_000_000 + len(rows):
                 found[int(value)] = found.get(int(value), 0) + 1
     assert sorted(found) == [2_000_000 + n for n in range(len(rows))], sorted(found)[:5]
     assert set(found.values()) == {1}, "a row reached the depot twice"
     assert on(TRUCK_2, "find", spool, "-name", "*.jsonl") == ""
-    assert not list((DEPOT / ".capture-incoming").iterdir()), "a partial upload was left"
+    incoming = PROJECT / "build" / "pull-depot-capture" / ".incoming"
+    assert not list(incoming.iterdir()), "a partial upload was left"
     url = "https://pull-depot/capture/{}/probe.jsonl"
     probes = {
         "other truck's directory": (url.format(TRUCK_3), TRUCK_2, SECRETS["capture-upload"]),
@@ -697,5 +698,5 @@ def test_captured_rows_reach_the_depot_at_the_next_sync():
         "no password": "401",
         "wrong password": "401",
     }, answers
-    assert not (DEPOT / "capture" / TRUCK_3).exists()
+    assert not (PROJECT / "build" / "pull-depot-capture" / TRUCK_3).exists()
     FIGURES["capture_upload_rows"] = len(found)
