@@ -112,12 +112,18 @@ class RequestCapture:
         spool = self.spool
 
         def seal_old_segments() -> None:
+            logged: set[str] = set()
+            pause = period
             while True:
-                time.sleep(period)
+                time.sleep(pause)
                 try:
                     spool.seal_if_old()
-                except OSError:
-                    log.exception("capture: the open segment could not be sealed")
+                    pause = period
+                except Exception as exc:  # the thread must outlive any error
+                    if type(exc).__name__ not in logged:  # once per kind, not every period
+                        logged.add(type(exc).__name__)
+                        log.exception("capture: the open segment could not be sealed")
+                    pause = min(pause * 2, 300.0)
 
         threading.Thread(target=seal_old_segments, name="capture-sealer", daemon=True).start()
 

@@ -10,6 +10,7 @@ import os
 import posixpath
 import shutil
 import tarfile
+import tempfile
 
 from ansible_collections.linkedge.edge.plugins.module_utils.contract import (
     BUNDLE_DIR,
@@ -90,8 +91,9 @@ def export_bundle(client, image_id: str, root: str) -> str:
     is written beside it, then renamed)."""
     name = image_id.split(":", 1)[-1][:12]
     destination = os.path.join(root, name)
-    if os.path.isdir(destination):
-        return destination
+    if os.path.isfile(os.path.join(destination, "SHA256SUMS")):
+        return destination  # complete (the serving side checks every file against it)
+    shutil.rmtree(destination, ignore_errors=True)  # not a bundle: export it again
     os.makedirs(root, mode=0o755, exist_ok=True)
     container = client.containers.create(
         image_id, entrypoint=["/bin/true"], labels={LABEL_ROLE: "file-reader"}
@@ -104,9 +106,7 @@ def export_bundle(client, image_id: str, root: str) -> str:
     finally:
         container.remove(force=True)
     top = posixpath.basename(BUNDLE_DIR)
-    partial = os.path.join(root, f".{name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial, mode=0o755)
+    partial = tempfile.mkdtemp(prefix=f".{name}.", dir=root)  # two runs never share it
     written = 0
     with tarfile.open(fileobj=io.BytesIO(data)) as archive:
         for member in archive.getmembers():
@@ -125,5 +125,20 @@ def export_bundle(client, image_id: str, root: str) -> str:
         shutil.rmtree(partial, ignore_errors=True)
         raise ImageFileError(f"the model bundle in image {image_id} ({BUNDLE_DIR}) is empty")
     os.chmod(partial, 0o755)
-    os.rename(partial, destination)
+    _fsync_directory(partial)
+    try:
+        os.rename(partial, destination)
+    except OSError:  # another run exported it meanwhile
+        shutil.rmtree(partial, ignore_errors=True)
+        if not os.path.isdir(destination):
+            raise
+    _fsync_directory(root)
     return destination
+
+
+def _fsync_directory(path: str) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

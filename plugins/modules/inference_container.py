@@ -484,6 +484,11 @@ def shadow_bundle_of(module: AnsibleModule, client) -> str:
         return export_bundle(client, shadow.id, params["shadow_dir"])
     except (ImageFileError, OSError) as exc:
         module.fail_json(msg=f"shadow_image {params['shadow_image']}: {exc}", **EMPTY_RESULT)
+    except DockerException as exc:
+        module.fail_json(
+            msg=docker_error_message(f"copying the bundle out of {params['shadow_image']}", exc),
+            **EMPTY_RESULT,
+        )
     raise AssertionError("unreachable")
 
 
