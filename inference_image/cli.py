@@ -406,7 +406,7 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
 
 def cmd_fleet_report(args: argparse.Namespace) -> int:
     """The fleet report: an HTML page from the fleet status, rollouts and Prometheus."""
-    from .fleet_metrics import PrometheusError, read_fleet_metrics
+    from .fleet_metrics import PrometheusAccess, PrometheusError, read_fleet_metrics
     from .fleet_report import ReportInputs, load_rollouts, render
 
     inputs = ReportInputs()
@@ -417,8 +417,20 @@ def cmd_fleet_report(args: argparse.Namespace) -> int:
             raise UserError(f"--rollouts {args.rollouts} is not a directory")
         inputs.rollouts = load_rollouts(args.rollouts)
     if args.prometheus:
+        password = None
+        if args.prometheus_password_file is not None:
+            password = _read_text(args.prometheus_password_file, "--prometheus-password-file")
+            password = password.strip()
+        if args.prometheus_cafile is not None and not args.prometheus_cafile.is_file():
+            raise UserError(f"--prometheus-cafile {args.prometheus_cafile} is not a file")
+        access = PrometheusAccess(
+            args.prometheus,
+            user=args.prometheus_user,
+            password=password,
+            cafile=str(args.prometheus_cafile) if args.prometheus_cafile else None,
+        )
         try:
-            inputs.metrics = read_fleet_metrics(args.prometheus)
+            inputs.metrics = read_fleet_metrics(access)
         except PrometheusError as exc:
             raise UserError(str(exc)) from None
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -470,6 +482,13 @@ def _add_fleet_parser(commands: argparse._SubParsersAction) -> None:
         "--rollouts", type=Path, help="rollout reports directory (build/rollout-reports)"
     )
     p.add_argument("--prometheus", help="the depot's Prometheus, e.g. http://depot:9090")
+    p.add_argument("--prometheus-user", help="a user of the depot's Prometheus (basic auth)")
+    p.add_argument(
+        "--prometheus-password-file", type=Path, help="a file holding that user's password"
+    )
+    p.add_argument(
+        "--prometheus-cafile", type=Path, help="CA certificate of the depot's HTTPS (PEM)"
+    )
     p.set_defaults(func=cmd_fleet_report, command="fleet report")
 
 

@@ -11,12 +11,13 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import requests
 
-from inference_image.fleet_metrics import PrometheusError, query
+from inference_image.fleet_metrics import PrometheusAccess, PrometheusError, query
 from inference_image.fleet_report import ALERT, OVER
 from inference_image.fleet_status import fleet_rows, summary
 from inference_image.schema import APS_FEATURES
@@ -27,7 +28,11 @@ from tests.unit.test_drift_metrics import records
 from .test_gunicorn_server import Server, free_port
 
 REPO = Path(__file__).resolve().parents[2]
-RULES = REPO / "monitoring" / "prometheus" / "linkedge-rules.yml"
+RULES = REPO / "roles" / "monitoring" / "files" / "linkedge-rules.yml"
+READER, READER_PASSWORD = "report-reader", "a reader's password"
+with warnings.catch_warnings():  # deprecated (PEP 594), and what makes a bcrypt hash here
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import crypt
 PROMETHEUS = "/usr/bin/prometheus"
 SHIFTED = APS_FEATURES[7]
 # The real rules wait 10 minutes; this one fires at once, so the test sees a firing alert.
@@ -46,7 +51,12 @@ def prometheus(tmp_path: Path):
         pytest.skip("prometheus is missing: apt-get install prometheus (make test-tools)")
 
     def start(target_port: int) -> str:
+        """Prometheus scraping the server, its API behind a user (as the role monitoring's
+        depot: basic_auth_users with a bcrypt hash)."""
+        assert RULES.is_file(), RULES
         port = free_port()
+        hashed = crypt.crypt(READER_PASSWORD, crypt.mksalt(crypt.METHOD_BLOWFISH))
+        (tmp_path / "web.yml").write_text(json.dumps({"basic_auth_users": {READER: hashed}}))
         (tmp_path / "test-rule.yml").write_text(TEST_RULE)
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -68,6 +78,7 @@ def prometheus(tmp_path: Path):
                 f"--config.file={tmp_path / 'prometheus.yml'}",
                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{port}",
+                f"--web.config.file={tmp_path / 'web.yml'}",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -84,10 +95,11 @@ def prometheus(tmp_path: Path):
 
 
 def wait_for(url: str, expression: str, timeout: float = 60) -> list:
+    access = PrometheusAccess(url, READER, READER_PASSWORD)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            result = query(url, expression, timeout=5)
+            result = query(access, expression, timeout=5)
         except PrometheusError:
             result = []
         if result:
@@ -157,26 +169,35 @@ def test_the_report_shows_drift_alerts_capture_and_rollouts(
             )
         )
         out = tmp_path / "report" / "fleet.html"
+        (tmp_path / "reader.pw").write_text(READER_PASSWORD + "\n")
+        command = [
+            sys.executable,
+            "-m",
+            "inference_image",
+            "fleet",
+            "report",
+            "--out",
+            str(out),
+            "--status",
+            str(tmp_path / "status.json"),
+            "--rollouts",
+            str(reports),
+            "--prometheus",
+            url,
+        ]
+        # Without the user: one line naming the refusal, exit 2, no page.
+        refused = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2, refused.stderr
+        assert "401" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+        assert not out.exists()
+        user = [
+            "--prometheus-user",
+            READER,
+            "--prometheus-password-file",
+            str(tmp_path / "reader.pw"),
+        ]
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "inference_image",
-                "fleet",
-                "report",
-                "--out",
-                str(out),
-                "--status",
-                str(tmp_path / "status.json"),
-                "--rollouts",
-                str(reports),
-                "--prometheus",
-                url,
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
+            command + user, cwd=REPO, capture_output=True, text=True, timeout=120
         )
         assert result.returncode == 0, result.stderr
     finally:
