@@ -197,6 +197,7 @@ class _Sensor:
         self.error_ids: set[str] = set()
         self.answers = 0
         self.duplicates = 0  # an id answered again in a new publication
+        self.duplicate_ids: list[str] = []
         self.redelivered = 0  # a copy the broker sent again (DUP): not acknowledged in time
         self.unknown = 0
         self.to_ack: list[tuple[int, int]] = []
@@ -239,6 +240,15 @@ class _Sensor:
         after = [lost for lost in self.disconnected_at if lost >= acked]
         return round((min(after) - acked) * 1000, 1) if after else None
 
+    def answered_before_disconnect_ms(self, message_id: str) -> float | None:
+        """How long before the next lost connection this message's first answer arrived (None:
+        not answered, or no connection was lost after it)."""
+        answered = self.first_answer.get(message_id)
+        if answered is None:
+            return None
+        after = [lost for lost in self.disconnected_at if lost >= answered]
+        return round((min(after) - answered) * 1000, 1) if after else None
+
     @property
     def outstanding(self) -> int:
         """QoS 1 messages not yet accepted, or accepted but routed to nobody yet."""
@@ -276,6 +286,7 @@ class _Sensor:
                 self.redelivered += 1
             else:
                 self.duplicates += 1
+                self.duplicate_ids.append(answer_id)
             return
         self.first_answer[answer_id] = now
         if message.topic.endswith("/errors"):
@@ -483,6 +494,14 @@ def run_sensor(config: SensorConfig) -> dict[str, Any]:
                     sensor.acked_before_disconnect_ms(message_id) for message_id in lost_ids[:20]
                 ],
                 "duplicated": sensor.duplicates,
+                "duplicated_ids": sensor.duplicate_ids[:20],
+                # For each: how long before a lost connection its first answer had arrived, in
+                # ms (a power cut can deliver again what the broker had not yet saved as
+                # delivered).
+                "duplicated_answered_before_disconnect_ms": [
+                    sensor.answered_before_disconnect_ms(message_id)
+                    for message_id in sensor.duplicate_ids[:20]
+                ],
                 "redelivered": sensor.redelivered,
                 "unexpected": sensor.unknown,
                 "answers_per_second": round(answered_ids / (finished - started), 1),
