@@ -234,20 +234,20 @@ class _Sensor:
     def acked_before_disconnect_ms(self, message_id: str) -> float | None:
         """How long before the next lost connection the broker accepted this message (None:
         not accepted, or no connection was lost after it)."""
-        acked = self.acked_at.get(message_id)
-        if acked is None:
-            return None
-        after = [lost for lost in self.disconnected_at if lost >= acked]
-        return round((min(after) - acked) * 1000, 1) if after else None
+        return self._ms_before_disconnect(self.acked_at.get(message_id))
 
     def answered_before_disconnect_ms(self, message_id: str) -> float | None:
         """How long before the next lost connection this message's first answer arrived (None:
         not answered, or no connection was lost after it)."""
-        answered = self.first_answer.get(message_id)
-        if answered is None:
+        return self._ms_before_disconnect(self.first_answer.get(message_id))
+
+    def _ms_before_disconnect(self, moment: float | None) -> float | None:
+        """Milliseconds from MOMENT to the next lost connection (None: no moment, or no
+        connection was lost after it)."""
+        if moment is None:
             return None
-        after = [lost for lost in self.disconnected_at if lost >= answered]
-        return round((min(after) - answered) * 1000, 1) if after else None
+        after = [lost for lost in self.disconnected_at if lost >= moment]
+        return round((min(after) - moment) * 1000, 1) if after else None
 
     @property
     def outstanding(self) -> int:
