@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .contract import SUMS_FILE
+
 MODEL_FILE = "model.json"
 SCHEMA_FILE = "schema.json"
 CARD_FILE = "model_card.json"
 SMOKE_FILE = "smoke_vectors.json"
-SUMS_FILE = "SHA256SUMS"
 REFERENCE_FILE = "reference.json"
 CONTENT_FILES = (MODEL_FILE, SCHEMA_FILE, CARD_FILE, SMOKE_FILE)  # required
 

@@ -35,6 +35,7 @@ BUNDLE_DIR = "/opt/linkedge/model"
 SMOKE_VECTORS_FILE = "smoke_vectors.json"
 SCHEMA_FILE = "schema.json"
 MODEL_CARD_FILE = "model_card.json"
+SUMS_FILE = "SHA256SUMS"  # the bundle's checksums of its other files
 RUN_UID = 10001  # the image's USER; owner of the API token file on a truck
 API_TOKEN_MOUNT = "/run/secrets/linkedge-api-token"
 DEFAULT_PORT = 8080

@@ -17,6 +17,7 @@ from ansible_collections.linkedge.edge.plugins.module_utils.contract import (
     LABEL_ROLE,
     SCHEMA_FILE,
     SMOKE_VECTORS_FILE,
+    SUMS_FILE,
 )
 from ansible_collections.linkedge.edge.plugins.module_utils.docker_client import NotFound
 
@@ -91,7 +92,7 @@ def export_bundle(client, image_id: str, root: str) -> str:
     is written beside it, then renamed)."""
     name = image_id.split(":", 1)[-1][:12]
     destination = os.path.join(root, name)
-    if os.path.isfile(os.path.join(destination, "SHA256SUMS")):
+    if os.path.isfile(os.path.join(destination, SUMS_FILE)):
         return destination  # complete (the serving side checks every file against it)
     shutil.rmtree(destination, ignore_errors=True)  # not a bundle: export it again
     os.makedirs(root, mode=0o755, exist_ok=True)

@@ -31,7 +31,7 @@ from collections import namedtuple
 
 # Relative import: the builder imports this very file as inference_image.release_signature
 # (a link), next to inference_image.contract.
-from .contract import sha256_file
+from .contract import SUMS_FILE, sha256_file
 
 try:
     from cryptography.exceptions import InvalidSignature
@@ -49,7 +49,6 @@ except ImportError:  # reported by the module with missing_required_lib()
 
 ALGORITHM = "ed25519"
 SIGNATURE_BYTES = 64
-SUMS_FILE = "SHA256SUMS"
 # DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): SEQUENCE, AlgorithmIdentifier
 # 1.3.101.112, BIT STRING of 33 bytes (0 unused bits + the 32-byte key).
 SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
