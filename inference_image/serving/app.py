@@ -126,7 +126,9 @@ def create_app(bundle: ModelBundle | Path, config: ServingConfig | None = None) 
         metrics.watch_drift(drift)
         observers["drift"] = drift
     if config.capture is not None:
-        capture = RequestCapture(config.capture, bundle.version, metrics.count_captured)
+        capture = RequestCapture(
+            config.capture, bundle.version, metrics.count_captured, metrics.count_capture_lost
+        )
         metrics.watch_capture(capture.spool)
         observers["capture"] = capture
     if config.shadow_bundle is not None:

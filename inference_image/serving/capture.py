@@ -8,6 +8,7 @@ Every row the model calls "pos" is captured; the others with probability ``rate`
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
@@ -87,69 +88,186 @@ def _number(environ: Mapping[str, str], name: str, default: float, kind: type) -
     return value
 
 
+# Rows waiting for the writer thread, per worker: about 8 MiB of float32 inputs. A spool that
+# cannot keep up (a failing disk) loses rows beyond this, counted; requests never wait for it.
+MAX_PENDING_ROWS = 12_000
+# The writer wakes this often (or once WRITE_EARLY_ROWS wait): one write per wake, and no
+# thread hand-off per request (a wake-up per request costs more than the write it moves).
+WRITE_PERIOD_SECONDS = 0.1
+WRITE_EARLY_ROWS = 2_000
+LOST_QUEUE_FULL, LOST_WRITE_FAILED = "queue_full", "write_failed"
+LOST_REASONS = (LOST_QUEUE_FULL, LOST_WRITE_FAILED)
+
+
+@dataclass(frozen=True)
+class ChosenRows:
+    """What a request gave capture: its chosen rows and their answers, copied."""
+
+    time: float
+    inputs: np.ndarray  # float32, (rows, features)
+    probabilities: np.ndarray
+    positive: np.ndarray
+
+    def records(self, model_version: str) -> list[dict[str, object]]:
+        return [
+            {
+                "time": self.time,
+                "model_version": model_version,
+                "inputs": self.inputs[index],  # float32, NaN written as null
+                "probability": self.probabilities[index],
+                "label": "pos" if positive else "neg",
+                "sampled": "pos" if positive else "rate",
+            }
+            for index, positive in enumerate(self.positive.tolist())
+        ]
+
+
+class SpoolWriter:
+    """A thread that writes what requests chose into the spool, so that encoding, writing and
+    sealing (fsync, rename, the budget's clean-up) never hold up an answer: on a truck's flash
+    an fsync can take tens of milliseconds. It wakes every WRITE_PERIOD_SECONDS and writes all
+    that waits in one write; it also seals an old segment when no request comes.
+
+    One per process (threads do not survive a fork). At most MAX_PENDING_ROWS wait; rows
+    beyond that, and rows whose write fails, are lost and counted (``on_lost``), never waited
+    for. What waits is written at the process's exit (atexit: a gunicorn worker's graceful
+    stop) or by :meth:`flush`. A kill or a power cut loses what waits (at most about
+    WRITE_PERIOD_SECONDS of rows), as a power cut loses the page cache's unsynced writes: the
+    spool stays whole either way.
+    """
+
+    def __init__(
+        self,
+        spool: CaptureSpool,
+        model_version: str,
+        on_captured: Callable[[int], None],
+        on_lost: Callable[[int, str], None],
+        max_pending_rows: int = MAX_PENDING_ROWS,
+    ) -> None:
+        self.spool = spool
+        self.model_version = model_version
+        self.on_captured = on_captured
+        self.on_lost = on_lost
+        self.max_pending_rows = max_pending_rows
+        self._waiting: list[ChosenRows] = []
+        self._pending = 0  # rows submitted and not yet written (or lost)
+        self._settled = threading.Condition()  # guards both; notified after each write
+        self._wake = threading.Event()  # write now: a flush, or WRITE_EARLY_ROWS waiting
+        self._logged: set[str] = set()
+        self._seal_period = min(max(spool.segment_seconds / 4, 0.25), 30.0)
+        self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
+        self._thread.start()
+        atexit.register(self.flush, 5.0)
+
+    def submit(self, chosen: ChosenRows) -> int:
+        """Queue CHOSEN; the rows queued (0 when the queue is full: they are lost, counted)."""
+        rows = len(chosen.positive)
+        with self._settled:
+            full = self._pending + rows > self.max_pending_rows
+            if not full:
+                self._waiting.append(chosen)
+                self._pending += rows
+                early = self._pending >= WRITE_EARLY_ROWS
+        if full:
+            self.on_lost(rows, LOST_QUEUE_FULL)
+            return 0
+        if early:
+            self._wake.set()
+        return rows
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Write every queued row now (or count it lost); False if that took over TIMEOUT."""
+        self._wake.set()
+        with self._settled:
+            return self._settled.wait_for(lambda: self._pending == 0, timeout)
+
+    def _run(self) -> None:
+        seal_pause = self._seal_period
+        next_seal_check = time.monotonic() + seal_pause
+        while True:
+            self._wake.wait(WRITE_PERIOD_SECONDS)
+            self._wake.clear()
+            with self._settled:
+                batches, self._waiting = self._waiting, []
+            if batches:
+                self._write(batches)
+            elif time.monotonic() >= next_seal_check:  # quiet: seal an old segment
+                sealed = self._guard(self.spool.seal_if_old)
+                seal_pause = self._seal_period if sealed else min(seal_pause * 2, 300.0)
+                next_seal_check = time.monotonic() + seal_pause
+
+    def _write(self, batches: list[ChosenRows]) -> None:
+        rows = sum(len(batch.positive) for batch in batches)
+        try:
+            records = [item for batch in batches for item in batch.records(self.model_version)]
+            written = self._guard(lambda: self.spool.append(records))
+            if written:
+                self.on_captured(rows)
+            else:
+                self.on_lost(rows, LOST_WRITE_FAILED)
+        finally:
+            with self._settled:
+                self._pending -= rows
+                self._settled.notify_all()
+
+    def _guard(self, action: Callable[[], object]) -> bool:
+        """Run ACTION; False on any error, whose traceback is logged once per kind (the thread
+        must outlive it, and a broken disk must not flood the log)."""
+        try:
+            action()
+            return True
+        except Exception as exc:
+            if type(exc).__name__ not in self._logged:
+                self._logged.add(type(exc).__name__)
+                log.exception("capture: the spool could not be written (rows are counted lost)")
+            return False
+
+
 class RequestCapture:
-    """Chooses the rows to keep and appends them to this process's segment of the spool."""
+    """Chooses the rows to keep and hands them to this process's :class:`SpoolWriter`."""
 
     def __init__(
         self,
         settings: CaptureSettings,
         model_version: str,
         on_captured: Callable[[int], None] = lambda count: None,
+        on_lost: Callable[[int, str], None] = lambda count, reason: None,
     ) -> None:
         self.settings = settings
         self.on_captured = on_captured
+        self.on_lost = on_lost
         self.spool = settings.spool()
         self.model_version = model_version
         self._rng = np.random.default_rng()
-        self._pid = os.getpid()
-        self._sealer_pid = -1  # the process whose sealing timer runs
+        self._pid = -1
+        self._writer: SpoolWriter | None = None
 
-    def _start_sealer(self) -> None:
-        """A daemon thread per process that seals the segment once it is old, requests or not
-        (the check runs every quarter of segment_seconds, at most every 30 s)."""
-        self._sealer_pid = os.getpid()
-        period = min(max(self.settings.segment_seconds / 4, 0.25), 30.0)
-        spool = self.spool
-
-        def seal_old_segments() -> None:
-            logged: set[str] = set()
-            pause = period
-            while True:
-                time.sleep(pause)
-                try:
-                    spool.seal_if_old()
-                    pause = period
-                except Exception as exc:  # the thread must outlive any error
-                    if type(exc).__name__ not in logged:  # once per kind, not every period
-                        logged.add(type(exc).__name__)
-                        log.exception("capture: the open segment could not be sealed")
-                    pause = min(pause * 2, 300.0)
-
-        threading.Thread(target=seal_old_segments, name="capture-sealer", daemon=True).start()
+    def writer(self) -> SpoolWriter:
+        """This process's writer (a fork gets its own, and its own sampling stream)."""
+        if self._writer is None or self._pid != os.getpid():
+            self._rng, self._pid = np.random.default_rng(), os.getpid()
+            self._writer = SpoolWriter(
+                self.spool, self.model_version, self.on_captured, self.on_lost
+            )
+        return self._writer
 
     def observe(self, rows: np.ndarray, probabilities: np.ndarray, positive: np.ndarray) -> int:
-        """Capture the chosen rows; how many were captured."""
-        if self._pid != os.getpid():  # a fork: a sampling stream of its own
-            self._rng, self._pid = np.random.default_rng(), os.getpid()
-        if self._sealer_pid != os.getpid():  # threads do not survive a fork: one per process
-            self._start_sealer()
+        """Queue the chosen rows for the spool; how many were queued."""
+        writer = self.writer()
         sampled = self._rng.random(len(rows)) < self.settings.rate
         chosen = np.flatnonzero(positive | sampled)
         if not len(chosen):
             return 0
-        now = round(time.time(), 3)
-        inputs = np.asarray(rows, dtype=np.float32)
-        records = [
-            {
-                "time": now,
-                "model_version": self.model_version,
-                "inputs": inputs[index],  # float32, NaN written as null
-                "probability": probabilities[index],
-                "label": "pos" if positive[index] else "neg",
-                "sampled": "pos" if positive[index] else "rate",
-            }
-            for index in chosen.tolist()
-        ]
-        self.spool.append(records)
-        self.on_captured(len(records))
-        return len(records)
+        return writer.submit(
+            ChosenRows(
+                time=round(time.time(), 3),
+                inputs=np.asarray(rows[chosen], dtype=np.float32),  # a copy: the rows only
+                probabilities=np.asarray(probabilities)[chosen],
+                positive=np.asarray(positive)[chosen],
+            )
+        )
+
+    def seal(self) -> Path | None:
+        """Write what waits, then seal the open segment (for tests and tools)."""
+        self.writer().flush()
+        return self.spool.seal()

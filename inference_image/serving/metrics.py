@@ -24,6 +24,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from .capture import LOST_REASONS
+
 if TYPE_CHECKING:
     from inference_image.capture_spool import CaptureSpool
 
@@ -464,11 +466,24 @@ class ServingMetrics:
             "Rows captured into the spool (every pos answer, the others at the sampling rate).",
             registry=self.registry,
         )
+        self._capture_lost = Counter(
+            "linkedge_capture_lost_records",
+            "Rows chosen for capture that never reached the spool: queue_full (the writer "
+            "fell behind) or write_failed (the spool's disk refused them).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in LOST_REASONS:  # at 0 from the start: a first loss is an increase
+            self._capture_lost.labels(reason)
         self._exposed.register(CaptureCollector(spool))
 
     def count_captured(self, records: int) -> None:
         if records:
             self._captured.inc(records)
+
+    def count_capture_lost(self, records: int, reason: str) -> None:
+        if records:
+            self._capture_lost.labels(reason).inc(records)
 
     def watch_drift(self, window: DriftWindow) -> None:
         """Expose the drift window's comparison with the reference at every scrape."""

@@ -476,14 +476,19 @@ def test_capture_spools_the_served_rows_on_the_host_and_not_the_checks(
         _predict_rows(port, rows[start : start + 5])
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        metrics = answer.read().decode()
-    # The container's own CPU and memory, from its cgroup (read inside the container).
-    figures = {
-        line.split()[0]: float(line.split()[1])
-        for line in metrics.splitlines()
-        if line.startswith(("linkedge_container_", "linkedge_capture_records_total"))
-    }
+    deadline = time.monotonic() + 10
+    while True:  # the rows reach the spool from a writer thread, just after the answers
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            metrics = answer.read().decode()
+        # The container's own CPU and memory, from its cgroup (read inside the container).
+        figures = {
+            line.split()[0]: float(line.split()[1])
+            for line in metrics.splitlines()
+            if line.startswith(("linkedge_container_", "linkedge_capture_records_total"))
+        }
+        if figures.get("linkedge_capture_records_total") == 25 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert figures["linkedge_container_cpu_seconds_total"] > 0, figures
     assert figures["linkedge_container_memory_bytes"] > 10 << 20, figures
     assert figures["linkedge_capture_records_total"] == 25, figures

@@ -604,6 +604,19 @@ def test_an_empty_or_unreadable_token_file_stops_the_server(
     assert ("cannot be read" if content is None else "is empty") in lines[0]
 
 
+def wait_until_captured(base: str, rows: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    written = 0.0
+    while time.monotonic() < deadline:
+        for line in requests.get(f"{base}/metrics", timeout=10).text.splitlines():
+            if line.startswith("linkedge_capture_records_total "):
+                written = float(line.split()[1])
+        if written >= rows:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{written:.0f} of {rows} rows written to the spool in {timeout} s")
+
+
 def test_capture_spool_across_workers_a_killed_worker_and_the_shutdown(
     tiny_bundle: ModelBundle, tmp_path: Path
 ) -> None:
@@ -629,6 +642,10 @@ def test_capture_spool_across_workers_a_killed_worker_and_the_shutdown(
 
         with ThreadPoolExecutor(max_workers=4) as pool:
             assert set(pool.map(predict, range(200))) == {200}
+        # Rows are written by each worker's writer thread just after the answer: a kill
+        # before that loses what waits (as a power cut loses unsynced writes). Here the kill
+        # comes after the writers have counted every row written.
+        wait_until_captured(server.base, 200)
         victim = sorted(workers)[0]
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 30

@@ -36,7 +36,7 @@ def promtool() -> str:
 def test_promtool_checks_the_rules_and_passes_their_tests(promtool: str) -> None:
     check = subprocess.run([promtool, "check", "rules", RULES], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 8 rules found" in check.stdout
+    assert "SUCCESS: 9 rules found" in check.stdout
     test = subprocess.run(
         [promtool, "test", "rules", RULES_DIR / "linkedge-rules.test.yml"],
         capture_output=True,

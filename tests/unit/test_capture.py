@@ -4,6 +4,8 @@ environment with errors that name the variable."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 from inference_image.bundle import ModelBundle
 from inference_image.capture_spool import read_segment
 from inference_image.serving.app import create_app
-from inference_image.serving.capture import CaptureSettings
+from inference_image.serving.capture import CaptureSettings, ChosenRows, SpoolWriter
 from inference_image.serving.config import ServingConfig
 from tests.conftest import synthetic_aps
 
@@ -22,7 +24,7 @@ from .test_drift_metrics import records
 
 
 def captured(directory: Path, client) -> list[dict]:
-    client.application.extensions["linkedge"]["endpoints"].observers["capture"].spool.seal()
+    client.application.extensions["linkedge"]["endpoints"].observers["capture"].seal()
     return [
         item for path in sorted((directory / "sealed").iterdir()) for item in read_segment(path)
     ]
@@ -124,3 +126,45 @@ def test_a_quiet_service_seals_its_old_segment_without_another_request(
     segments = list(sealed.iterdir())
     assert len(segments) == 1, "the old segment was not sealed without a request"
     assert len(read_segment(segments[0])) == 7
+
+
+def test_rows_beyond_the_writers_queue_are_lost_and_counted_never_waited_for(
+    tmp_path,
+) -> None:
+    spool = CaptureSettings(tmp_path, budget_bytes=1 << 20, segment_bytes=1 << 16).spool()
+    lost: list[tuple[int, str]] = []
+    written: list[int] = []
+    writer = SpoolWriter(spool, "v1", written.append, lambda n, why: lost.append((n, why)), 10)
+    rows = np.ones((8, 3), dtype=np.float32)
+
+    def chosen(count: int) -> ChosenRows:
+        return ChosenRows(1.0, rows[:count], np.full(count, 0.9), np.ones(count, dtype=bool))
+
+    with spool._lock:  # the disk is slow: the writer waits on the spool
+        assert writer.submit(chosen(8)) == 8
+        started = time.monotonic()
+        assert writer.submit(chosen(5)) == 0  # beyond the queue: lost at once
+        assert time.monotonic() - started < 0.5
+        assert writer.submit(chosen(2)) == 2
+    assert writer.flush(10)
+    assert lost == [(5, "queue_full")]
+    assert sum(written) == 10
+    assert len(read_segment(spool.seal())) == 10
+
+
+def test_rows_still_queued_when_the_process_exits_are_written(tmp_path) -> None:
+    """A worker's graceful stop (sys.exit) writes what waits for the writer thread."""
+    program = f"""
+import sys
+import numpy as np
+from pathlib import Path
+from inference_image.serving.capture import CaptureSettings, RequestCapture
+capture = RequestCapture(CaptureSettings(Path({str(tmp_path)!r}), rate=1.0), "v1")
+for _ in range(20):
+    capture.observe(np.ones((500, 170)), np.full(500, 0.1), np.zeros(500, dtype=bool))
+sys.exit(0)
+"""
+    subprocess.run([sys.executable, "-c", program], check=True, cwd=Path(__file__).parents[2])
+    spool = CaptureSettings(tmp_path).spool()
+    spool.recover()  # the process's open segment, as the service's next start seals it
+    assert sum(len(read_segment(path)) for path in spool.sealed()) == 10_000

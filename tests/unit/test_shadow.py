@@ -85,18 +85,43 @@ def test_a_shadow_that_cannot_serve_is_reported_and_the_model_serves(
     )
 
 
-def test_a_failing_observer_is_counted_and_the_answer_stands(tiny_bundle, tmp_path, caplog) -> None:
+def test_a_spool_that_went_away_loses_rows_counted_and_the_answers_stand(
+    tiny_bundle, tmp_path, caplog
+) -> None:
     spool = tmp_path / "spool"
     settings = CaptureSettings(spool, rate=1.0, budget_bytes=1 << 20, segment_bytes=1 << 16)
     client = create_app(tiny_bundle, ServingConfig(capture=settings)).test_client()
     shutil.rmtree(spool)  # the volume went away under the service
+    rows, _ = synthetic_aps(5, seed=15)
+    capture = client.application.extensions["linkedge"]["endpoints"].observers["capture"]
+    with caplog.at_level("ERROR", logger="linkedge.serving"):
+        for _request in range(3):
+            answer = post_json(client, "/predict", {"instances": records(rows)})
+            assert answer.status_code == 200
+            assert capture.writer().flush()
+    samples = metric_samples(client)
+    lost = ("linkedge_capture_lost_records_total", (("reason", "write_failed"),))
+    assert samples[lost] == 15
+    assert samples[("linkedge_drift_window_rows", ())] == 15  # the others still observed
+    logged = [r for r in caplog.records if "could not be written" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None  # once, with its traceback
+
+
+class BrokenObserver:
+    def observe(self, rows, probabilities, positive) -> None:
+        raise OSError(5, "Input/output error")
+
+
+def test_a_failing_observer_is_counted_and_the_answer_stands(tiny_bundle, caplog) -> None:
+    client = create_app(tiny_bundle, ServingConfig()).test_client()
+    client.application.extensions["linkedge"]["endpoints"].observers["broken"] = BrokenObserver()
     rows, _ = synthetic_aps(5, seed=15)
     with caplog.at_level("ERROR", logger="linkedge.serving"):
         for _request in range(3):
             answer = post_json(client, "/predict", {"instances": records(rows)})
             assert answer.status_code == 200
     samples = metric_samples(client)
-    assert samples[("linkedge_observer_errors_total", (("observer", "capture"),))] == 3
+    assert samples[("linkedge_observer_errors_total", (("observer", "broken"),))] == 3
     assert samples[("linkedge_drift_window_rows", ())] == 15  # the others still observed
     logged = [r for r in caplog.records if "could not take the rows" in r.getMessage()]
     assert len(logged) == 1 and logged[0].exc_info is not None  # once, with its traceback

@@ -299,6 +299,15 @@ def wait_serving(timeout: float = 180) -> float:
     return time.monotonic() - started
 
 
+def captured_total() -> float:
+    """linkedge_capture_records_total on the truck: rows its workers have written."""
+    _, text = truck_http(TRUCK, "GET", "/metrics")
+    for line in text.splitlines():
+        if line.startswith("linkedge_capture_records_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def test_capture_keeps_every_answered_row_across_a_power_cut(records: list[dict]) -> None:
     home = PROJECT / "build" / "mqtt-capture"
     shutil.rmtree(home, ignore_errors=True)
@@ -306,10 +315,19 @@ def test_capture_keeps_every_answered_row_across_a_power_cut(records: list[dict]
     marker = APS_FEATURES.index("ab_000")
     marked = [row | {"ab_000": 1_000_000.0 + number} for number, row in enumerate(records[:600])]
     answers = {}
+    written_before = captured_total()
     for start in range(0, len(marked), 150):
         batch = marked[start : start + 150]
         for row, answer in zip(batch, predict(batch), strict=True):
             answers[int(row["ab_000"])] = answer
+    # Each worker's writer thread writes the rows just after their answers; the cut comes once
+    # they are written (to the page cache, not yet synced: the cut tests the spool's recovery).
+    wait_for(
+        "the 600 rows written to the spool",
+        lambda: captured_total() >= written_before + len(marked),
+        30,
+        0.2,
+    )
     # The power cut: the truck (its engine, the serving container, the spool's open segment)
     # is killed, then booted.
     subprocess.run(["docker", "kill", TRUCK], check=True, capture_output=True)
