@@ -112,6 +112,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="capture: share of the neg answers captured (every pos is; default 0.01)",
     )
     parser.add_argument(
+        "--capture-cases",
+        help="capture: the cases to run, comma-separated (default: all four; e.g. "
+        "batch-100-real for the truck's batched mix alone, with more rounds)",
+    )
+    parser.add_argument(
         "--mqtt-seconds", type=float, help="mqtt: seconds per MQTT case (default 12, smoke 3)"
     )
     parser.add_argument(
@@ -212,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             grpc_concurrency=numbers(args.grpc_concurrency, (2,) if smoke else (1, 4, 16)),
             grpc_channels=args.grpc_channels,
             capture_rate=args.capture_rate,
+            capture_cases=tuple(args.capture_cases.split(",")) if args.capture_cases else (),
         )
         runner = {
             "slow-clients": SlowClientBench,

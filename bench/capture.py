@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import tempfile
+import time
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -55,21 +57,44 @@ class CapturingContainer(LinkEdgeContainer):
 
     def stop(self) -> None:
         if self.container_id:
+            # The workers' writer threads write what was answered a moment later: read until
+            # the count stands still (at most a few seconds).
+            counts, deadline = (-1.0, -1.0), time.monotonic() + 5
             with contextlib.suppress(OSError, ValueError):
-                with urllib.request.urlopen(f"{self.base_url}/metrics", timeout=10) as answer:
-                    text = answer.read().decode()
-                for family in text_string_to_metric_families(text):
-                    for sample in family.samples:
-                        if sample.name == "linkedge_predictions_total":
-                            self.answered += sample.value
-                        elif sample.name == "linkedge_capture_records_total":
-                            self.captured += sample.value
+                while time.monotonic() < deadline:
+                    now = self._counts()
+                    if now == counts:
+                        break
+                    counts = now
+                    time.sleep(0.3)
+            if counts[0] >= 0:
+                self.answered += counts[0]
+                self.captured += counts[1]
         super().stop()
+
+    def _counts(self) -> tuple[float, float]:
+        """(rows answered, rows captured) on the server's /metrics."""
+        answered = captured = 0.0
+        with urllib.request.urlopen(f"{self.base_url}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "linkedge_predictions_total":
+                    answered += sample.value
+                elif sample.name == "linkedge_capture_records_total":
+                    captured += sample.value
+        return answered, captured
 
 
 class CaptureBench(Bench):
     def __init__(self, settings: Settings, wrk: str) -> None:
-        cases = CASES[settings.mode]
+        cases = settings.capture_cases or CASES[settings.mode]
+        unknown = sorted(set(cases) - set(CASES["full"]))
+        if unknown:
+            raise ValueError(
+                f"--capture-cases: no case {', '.join(unknown)} (there are "
+                f"{', '.join(CASES['full'])})"
+            )
         super().__init__(replace(settings, cases=cases, mlserver_venv=None), wrk)
         self.spool: Path | None = None
         self.capturing: CapturingContainer | None = None
@@ -145,12 +170,25 @@ class CaptureBench(Bench):
         report = super().run()  # `docker rm --force`: the workers die as in a power cut
         drops = {}
         for case in report.get("cases", []):
-            off = case["results"]["linkedge"]["requests_per_s"]
-            on = case["results"][CAPTURE_KEY]["requests_per_s"]
+            off, on = case["results"]["linkedge"], case["results"][CAPTURE_KEY]
             drops[case["key"]] = {
-                "requests_per_s_off": off,
-                "requests_per_s_on": on,
-                "drop": round(1 - on / off, 4) if off else None,
+                "requests_per_s_off": off["requests_per_s"],
+                "requests_per_s_on": on["requests_per_s"],
+                # The target's figure: the median of the rounds' own drops (off and on measured
+                # side by side in each round, so a slow spell of the machine hits both).
+                "drop": paired_drop(off["rounds_requests_per_s"], on["rounds_requests_per_s"]),
+                "rounds_drop": [
+                    round(1 - b / a, 4) if a else None
+                    for a, b in zip(
+                        off["rounds_requests_per_s"], on["rounds_requests_per_s"], strict=False
+                    )
+                ],
+                "drop_of_medians": round(1 - on["requests_per_s"] / off["requests_per_s"], 4)
+                if off["requests_per_s"]
+                else None,
+                # What the servers themselves spent per request (their cgroups' CPU time).
+                "cpu_us_per_request_off": median(off["rounds_server_cpu_us_per_request"]),
+                "cpu_us_per_request_on": median(on["rounds_server_cpu_us_per_request"]),
                 "captured_share": self.captured_shares.get(case["key"]),
             }
         assert self.spool is not None
@@ -206,6 +244,16 @@ class CaptureBench(Bench):
         return report
 
 
+def median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None
+
+
+def paired_drop(off: list[float], on: list[float]) -> float | None:
+    """The median over rounds of 1 - on/off (None without a round measured on both)."""
+    drops = [1 - b / a for a, b in zip(off, on, strict=False) if a]
+    return round(statistics.median(drops), 4) if drops else None
+
+
 def _share(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
@@ -216,8 +264,10 @@ def capture_markdown(report: dict[str, Any]) -> str:
         "# Data capture: throughput with capture off and on",
         "",
         f"Image `{report['settings']['image']}`, model `{report['settings']['model_version']}`, "
-        f"{report['settings']['rounds']} interleaved rounds of "
-        f"{report['settings']['seconds_per_case']} s per case (median round), "
+        f"{report['settings']['rounds']} rounds of "
+        f"{report['settings']['seconds_per_case'] / report['settings']['rounds']:.1f} s per "
+        "case and server, the two servers side by side in each round (their order turning "
+        "round every round); the drop is the median of the rounds' own drops, "
         f"{report['started']}, git `{report['git'].get('commit', '?')[:12]}`. "
         f"Capture: {capture['rate']:.0%} of the neg answers plus every pos; over all cases "
         f"that was **{_share(capture['captured_share'])} of the rows** "
@@ -225,14 +275,16 @@ def capture_markdown(report: dict[str, Any]) -> str:
         "are nearly half pos (each always captured); the real-row cases are a truck's mix. "
         f"Target: at most {capture['target_drop']:.0%} fewer requests/s.",
         "",
-        "| case | rows captured | capture off, req/s | capture on, req/s | drop |",
-        "|---|---|---|---|---|",
+        "| case | rows captured | off, req/s | on, req/s | drop (rounds' median) "
+        "| rounds' drops | CPU µs/request off → on |",
+        "|---|---|---|---|---|---|---|",
     ]
     for key, entry in capture["cases"].items():
-        drop = "n/a" if entry["drop"] is None else f"{entry['drop']:.1%}"
+        rounds = ", ".join(_share(value) for value in entry.get("rounds_drop", []))
         lines.append(
             f"| {key} | {_share(entry.get('captured_share'))} | {entry['requests_per_s_off']} "
-            f"| {entry['requests_per_s_on']} | {drop} |"
+            f"| {entry['requests_per_s_on']} | **{_share(entry['drop'])}** | {rounds} "
+            f"| {entry.get('cpu_us_per_request_off')} → {entry.get('cpu_us_per_request_on')} |"
         )
     real_mix = capture.get("within_target_real_mix")
     lines += [

@@ -41,6 +41,7 @@ class Settings:
     workdir: Path | None = None
     cases: tuple[str, ...] = ()  # keys of the standard cases to run; empty: all of them
     capture_rate: float = 0.01  # --case capture: LINKEDGE_CAPTURE_RATE of the capturing one
+    capture_cases: tuple[str, ...] = ()  # --case capture: its cases (empty: all of the mode)
     # --case slow-clients (bench/resilience.py)
     slow_seconds: float = 40.0  # each phase: alone, then beside the slow clients
     slow_connections: int = 64
@@ -189,7 +190,9 @@ class Bench:
 
     def run_case(self, case: Case, servers: list[Any], bodies_dir: Path) -> dict[str, Any]:
         """Each server in turn, ``rounds`` times, so that a burst of other work on the
-        machine hits every server alike; each server's figures are its median round's."""
+        machine hits every server alike; each server's figures are its median round's. The
+        order turns round every round (A B, B A, ...): whatever the server measured first
+        leaves behind (its last connections, the wrk that just ended) falls on each alike."""
         ready = []
         settings = self.settings
         deadline = time.monotonic() + settings.quiet_wait  # waiting budget of this case
@@ -212,7 +215,7 @@ class Bench:
                 ready.append((server, body, body_file))
         rounds: dict[str, list[dict[str, Any]]] = {server.key: [] for server, _, _ in ready}
         for index in range(-1 if settings.warmup_seconds > 0 else 0, settings.rounds):
-            for server, body, body_file in ready:
+            for server, body, body_file in ready if index % 2 == 0 else ready[::-1]:
                 if index < 0:
                     seconds = settings.warmup_seconds
                 else:
@@ -253,6 +256,9 @@ class Bench:
             figures = dict(done[(len(done) - 1) // 2])  # the median (lower, for even counts)
             figures["rounds_requests_per_s"] = [f["requests_per_s"] for f in rounds[server.key]]
             figures["rounds_other_cpu_cores"] = [f["other_cpu_cores"] for f in rounds[server.key]]
+            figures["rounds_server_cpu_us_per_request"] = [
+                f["server_cpu_us_per_request"] for f in rounds[server.key]
+            ]
             log(
                 f"{case.key:<20} {server.key:<12} c={case.connections:<3} "
                 f"{figures['requests_per_s']:>9.1f} req/s {figures['rows_per_s']:>10.0f} rows/s "
