@@ -36,6 +36,7 @@ from .progress import Steps
 if TYPE_CHECKING:
     import docker
 
+    from .image.platforms import Platform
     from .training import TrainingParams
 
 PROG = "linkedge-image"
@@ -527,20 +528,41 @@ def _add_channel_parser(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_channel_show, command="channel show")
 
 
-def cmd_wheelhouse(args: argparse.Namespace) -> int:
-    from .image.wheelhouse import ensure_wheelhouse
+def _platform(name: str | None) -> Platform:
+    """--platform's value (default: this machine's); a UserError naming the known ones."""
+    from .image.platforms import host_platform, platform_named
 
-    with _steps(args, 1).step(f"downloading the pinned wheels into {args.out}"):
-        wheels = ensure_wheelhouse(args.out)
-    _print_json({"wheelhouse": str(args.out), "wheels": [wheel.name for wheel in wheels]})
+    try:
+        return platform_named(name) if name else host_platform()
+    except ValueError as exc:
+        raise UserError(f"--platform: {exc}") from None
+
+
+def cmd_wheelhouse(args: argparse.Namespace) -> int:
+    from .image.wheelhouse import ensure_wheelhouse, wheelhouse_for
+
+    platform = _platform(args.platform)
+    out = wheelhouse_for(args.out, platform)
+    with _steps(args, 1).step(f"downloading the pinned {platform.name} wheels into {out}"):
+        wheels = ensure_wheelhouse(out, platform=platform)
+    _print_json(
+        {
+            "wheelhouse": str(out),
+            "platform": platform.name,
+            "wheels": [wheel.name for wheel in wheels],
+        }
+    )
     return 0
 
 
 def cmd_base_image(args: argparse.Namespace) -> int:
     from .image.base_image import resolve_base_image
 
-    with _steps(args, 1).step(f"resolving the base image {args.name}"):
-        name = resolve_base_image(_docker_client(), args.name, allow_pull=not args.no_pull)
+    platform = _platform(args.platform)
+    with _steps(args, 1).step(f"resolving the {platform.name} base image {args.name}"):
+        name = resolve_base_image(
+            _docker_client(timeout=600), args.name, not args.no_pull, platform
+        )
     print(name)
     return 0
 
@@ -551,17 +573,19 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .bundle import load_bundle
     from .image.base_image import resolve_base_image
     from .image.build import build_image
-    from .image.wheelhouse import ensure_wheelhouse
+    from .image.wheelhouse import ensure_wheelhouse, wheelhouse_for
 
+    platform = _platform(args.platform)
     steps = _steps(args, 4)
     with steps.step("verifying the bundle"):
         load_bundle(args.bundle)
-    with steps.step(f"resolving the base image {args.base_image}"):
-        client = _docker_client(timeout=600)
-        base_image = resolve_base_image(client, args.base_image, allow_pull=not args.no_pull)
-    with steps.step(f"checking the wheelhouse {args.wheelhouse}"):
-        ensure_wheelhouse(args.wheelhouse)
-    with steps.step(f"building {args.tag}"):
+    with steps.step(f"resolving the {platform.name} base image {args.base_image}"):
+        client = _docker_client(timeout=3600)  # another architecture builds under QEMU
+        base_image = resolve_base_image(client, args.base_image, not args.no_pull, platform)
+    wheels = wheelhouse_for(args.wheelhouse, platform)
+    with steps.step(f"checking the {platform.name} wheelhouse {wheels}"):
+        ensure_wheelhouse(wheels, platform=platform)
+    with steps.step(f"building {args.tag} for {platform.name}"):
         built = build_image(
             args.bundle,
             args.tag,
@@ -570,6 +594,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             allow_pull=False,  # resolved above
             client=client,
             use_cache=not args.no_cache,
+            platform=platform,
         )
     _print_json(asdict(built))
     return 0
@@ -904,7 +929,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=DEFAULT_WHEELHOUSE,
-        help="wheel directory (default: %(default)s)",
+        help="wheel directory (default: %(default)s; another platform's wheels go into its "
+        "subdirectory, e.g. arm64/)",
+    )
+    p.add_argument(
+        "--platform",
+        help="linux/amd64 or linux/arm64 (default: this machine's; another one's runs under "
+        "QEMU, which the builder sets up)",
     )
     p.set_defaults(func=cmd_wheelhouse)
 
@@ -916,6 +947,11 @@ def build_parser() -> argparse.ArgumentParser:
         "a pull fails, or with --no-pull when this Debian image is absent)",
     )
     p.add_argument("--no-pull", action="store_true", help="never try a registry")
+    p.add_argument(
+        "--platform",
+        help="linux/amd64 or linux/arm64 (default: this machine's; another one's runs under "
+        "QEMU, which the builder sets up)",
+    )
     p.set_defaults(func=cmd_base_image)
 
     p = commands.add_parser("build", help="build the serving image from a bundle")
@@ -934,6 +970,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="wheel directory, filled when wheels are missing (default: %(default)s)",
     )
     p.add_argument("--no-cache", action="store_true", help="rebuild every layer")
+    p.add_argument(
+        "--platform",
+        help="linux/amd64 or linux/arm64 (default: this machine's; another one's runs under "
+        "QEMU, which the builder sets up)",
+    )
     p.set_defaults(func=cmd_build)
 
     p = commands.add_parser("export", help="docker save the image with sha256 and model card")
@@ -1025,6 +1066,7 @@ _PACKAGE_ERRORS = (
     ("inference_image.fleet_status", "FleetStatusError"),
     ("inference_image.image.wheelhouse", "WheelhouseError"),
     ("inference_image.image.base_image", "BaseImageError"),
+    ("inference_image.image.architecture", "ArchitectureError"),
     ("inference_image.image.build", "ImageBuildError"),
     ("inference_image.image.export", "ExportError"),
     ("inference_image.image.smoke", "SmokeTestError"),

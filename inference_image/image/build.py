@@ -14,8 +14,10 @@ import docker.errors
 
 from ..bundle import load_bundle
 from ..release import source_commit
+from .architecture import ArchitectureError, set_architecture
 from .base_image import resolve_base_image
-from .wheelhouse import REQUIREMENTS, ensure_wheelhouse
+from .platforms import Platform, host_platform
+from .wheelhouse import REQUIREMENTS, ensure_wheelhouse, wheelhouse_for
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 DOCKERFILE = Path(__file__).with_name("Dockerfile")
@@ -36,14 +38,18 @@ class BuiltImage:
     bundle_sha256: str
     base_image: str
     seconds: float
+    platform: str  # Docker's name of the image's architecture: linux/arm64
 
 
-def assemble_context(context: Path, bundle_dir: Path, wheelhouse: Path) -> None:
-    """Dockerfile, wheels/ (only the pinned ones), app/inference_image, model/."""
+def assemble_context(
+    context: Path, bundle_dir: Path, wheelhouse: Path, platform: Platform | None = None
+) -> None:
+    """Dockerfile, wheels/ (only the pinned ones, for PLATFORM: see wheelhouse_for),
+    app/inference_image, model/."""
     shutil.copy2(DOCKERFILE, context / "Dockerfile")
     wheels = context / "wheels"
     wheels.mkdir()
-    for wheel in ensure_wheelhouse(wheelhouse):
+    for wheel in ensure_wheelhouse(wheelhouse_for(wheelhouse, platform), platform=platform):
         shutil.copy2(wheel, wheels / wheel.name)
     shutil.copy2(REQUIREMENTS, wheels / REQUIREMENTS.name)
     shutil.copytree(
@@ -65,19 +71,24 @@ def build_image(
     allow_pull: bool = True,
     client: docker.DockerClient | None = None,
     use_cache: bool = True,
+    platform: Platform | None = None,
 ) -> BuiltImage:
-    """Verify the bundle, then build `tag` from it; raise ImageBuildError with the log tail."""
+    """Verify the bundle, then build `tag` from it for PLATFORM (default: the host's; another
+    architecture's steps run under QEMU: ensure-binfmt.sh); raise ImageBuildError with the log
+    tail, or when the image's config does not name PLATFORM's architecture."""
+    platform = platform or host_platform()
     bundle = load_bundle(bundle_dir)  # refuses a tampered bundle before anything is built
     client = client or docker.from_env(timeout=600)
-    base = resolve_base_image(client, base_image, allow_pull)
+    base = resolve_base_image(client, base_image, allow_pull, platform)
     started = time.monotonic()
     log_tail: list[str] = []
     with tempfile.TemporaryDirectory(prefix="linkedge-build-") as tmp:
         context = Path(tmp)
-        assemble_context(context, bundle.path, wheelhouse)
+        assemble_context(context, bundle.path, wheelhouse, platform)
         stream = client.api.build(
             path=str(context),
             tag=tag,
+            platform=platform.name,
             buildargs={
                 "BASE_IMAGE": base,
                 "MODEL_VERSION": bundle.version,
@@ -103,6 +114,14 @@ def build_image(
         image = client.images.get(tag)
     except docker.errors.ImageNotFound as exc:
         raise ImageBuildError(f"docker build reported success but {tag} is absent") from exc
+    if image.attrs.get("Architecture") != platform.debian_arch:
+        # A classic build's FROM scratch stage takes the engine's architecture: the layers are
+        # PLATFORM's (built from its base, run under QEMU), the config is corrected.
+        try:
+            set_architecture(client, tag, platform)
+        except ArchitectureError as exc:
+            raise ImageBuildError(f"{tag} was built for {platform.name}, but {exc}") from exc
+        image = client.images.get(tag)
     return BuiltImage(
         tag=tag,
         image_id=image.id,
@@ -111,4 +130,5 @@ def build_image(
         bundle_sha256=bundle.sha256,
         base_image=base,
         seconds=round(time.monotonic() - started, 1),
+        platform=platform.name,
     )

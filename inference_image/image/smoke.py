@@ -86,8 +86,10 @@ def start_service(
     host_port: int | None = None,
     name: str | None = None,
     environment: dict[str, str] | None = None,
+    ready_timeout: float = 60.0,
 ) -> RunningService:
-    """Run the image hardened (read-only, no capabilities) on 127.0.0.1 and wait for ready."""
+    """Run the image hardened (read-only, no capabilities) on 127.0.0.1 and wait for ready
+    (READY_TIMEOUT: longer for another architecture's image, under emulation)."""
     client = client or docker.from_env()
     started = time.monotonic()
     container = client.containers.create(
@@ -103,7 +105,7 @@ def start_service(
         container.reload()
         port = container.attrs["NetworkSettings"]["Ports"][f"{CONTAINER_PORT}/tcp"][0]["HostPort"]
         base_url = f"http://127.0.0.1:{port}"
-        wait_ready(base_url, container=container)
+        wait_ready(base_url, ready_timeout, container=container)
     except BaseException:
         container.remove(force=True)
         raise

@@ -1,4 +1,8 @@
-"""Download the serving image's wheels on the host, for builds that cannot reach PyPI."""
+"""Download the serving image's wheels on the host, for builds that cannot reach PyPI.
+
+One wheelhouse per architecture: the host's in the wheelhouse directory itself, another's in
+its subdirectory named for it (``build/wheelhouse/arm64/``), since a wheel's name and version
+alone do not say which machine it runs on."""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .platforms import Platform, host_platform
+
 REQUIREMENTS = Path(__file__).with_name("requirements-runtime.txt")
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 PYTHON_VERSION = "3.11"  # Debian bookworm's python3, the image's interpreter
 
 
@@ -31,27 +36,49 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
-def wheel_for(wheelhouse: Path, name: str, version: str) -> Path | None:
+def wheelhouse_for(root: Path, platform: Platform | None = None) -> Path:
+    """Where PLATFORM's wheels live under the wheelhouse ROOT (ROOT itself for the host's)."""
+    platform = platform or host_platform()
+    return Path(root) if platform == host_platform() else Path(root) / platform.debian_arch
+
+
+def _runs_on(wheel: Path, platform: Platform) -> bool:
+    """The wheel's platform tag is pure Python or names PLATFORM's machine."""
+    tags = wheel.name[: -len(".whl")].rsplit("-", 1)[-1].split(".")
+    return any(tag == "any" or tag.endswith(f"_{platform.machine}") for tag in tags)
+
+
+def wheel_for(
+    wheelhouse: Path, name: str, version: str, platform: Platform | None = None
+) -> Path | None:
+    platform = platform or host_platform()
     prefix = f"{_normalise(name)}-{version}-"
     for wheel in sorted(Path(wheelhouse).glob("*.whl")):
-        if _normalise(wheel.name.split("-", 1)[0]) + "-" + wheel.name.split("-")[1] + "-" == prefix:
+        named = _normalise(wheel.name.split("-", 1)[0]) + "-" + wheel.name.split("-")[1] + "-"
+        if named == prefix and _runs_on(wheel, platform):
             return wheel
     return None
 
 
-def missing_wheels(wheelhouse: Path, requirements: Path = REQUIREMENTS) -> list[str]:
+def missing_wheels(
+    wheelhouse: Path, requirements: Path = REQUIREMENTS, platform: Platform | None = None
+) -> list[str]:
     return [
         f"{name}=={version}"
         for name, version in pinned_requirements(requirements).items()
-        if wheel_for(wheelhouse, name, version) is None
+        if wheel_for(wheelhouse, name, version, platform) is None
     ]
 
 
-def ensure_wheelhouse(wheelhouse: Path, requirements: Path = REQUIREMENTS) -> list[Path]:
-    """Download whatever pinned wheel is missing; return the wheels the image needs."""
+def ensure_wheelhouse(
+    wheelhouse: Path, requirements: Path = REQUIREMENTS, platform: Platform | None = None
+) -> list[Path]:
+    """Download whatever pinned wheel for PLATFORM (default: the host's) is missing from
+    WHEELHOUSE (the directory itself: see wheelhouse_for); return the wheels the image needs."""
+    platform = platform or host_platform()
     wheelhouse = Path(wheelhouse)
     wheelhouse.mkdir(parents=True, exist_ok=True)
-    if missing_wheels(wheelhouse, requirements):
+    if missing_wheels(wheelhouse, requirements, platform):
         command = [
             sys.executable,
             "-m",
@@ -75,17 +102,19 @@ def ensure_wheelhouse(wheelhouse: Path, requirements: Path = REQUIREMENTS) -> li
             "-d",
             str(wheelhouse),
         ]
-        for platform in PLATFORMS:
-            command += ["--platform", platform]
+        for tag in platform.wheel_platforms:
+            command += ["--platform", tag]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
+            missing = ", ".join(missing_wheels(wheelhouse, requirements, platform))
             raise WheelhouseError(
-                "pip download failed; the image needs these wheels in "
-                f"{wheelhouse}: {', '.join(missing_wheels(wheelhouse, requirements))}\n"
-                + result.stderr[-2000:]
+                f"pip download failed; the {platform.name} image needs these wheels in "
+                f"{wheelhouse}: {missing}\n" + result.stderr[-2000:]
             )
-    still_missing = missing_wheels(wheelhouse, requirements)
+    still_missing = missing_wheels(wheelhouse, requirements, platform)
     if still_missing:
-        raise WheelhouseError(f"wheelhouse {wheelhouse} lacks {', '.join(still_missing)}")
+        raise WheelhouseError(
+            f"wheelhouse {wheelhouse} lacks {', '.join(still_missing)} for {platform.name}"
+        )
     pins = pinned_requirements(requirements)
-    return [wheel_for(wheelhouse, name, version) for name, version in pins.items()]  # type: ignore[misc]
+    return [wheel_for(wheelhouse, name, version, platform) for name, version in pins.items()]  # type: ignore[misc]
