@@ -189,13 +189,8 @@ class CaptureBench(Bench):
                 "requests_per_s_on": on["requests_per_s"],
                 # The target's figure: the median of the rounds' own drops (off and on measured
                 # side by side in each round, so a slow spell of the machine hits both).
-                "drop": paired_drop(off["rounds_requests_per_s"], on["rounds_requests_per_s"]),
-                "rounds_drop": [
-                    round(1 - b / a, 4) if a else None
-                    for a, b in zip(
-                        off["rounds_requests_per_s"], on["rounds_requests_per_s"], strict=False
-                    )
-                ],
+                "drop": paired_drop(by_round(off), by_round(on)),
+                "rounds_drop": round_drops(by_round(off), by_round(on)),
                 "drop_of_medians": round(1 - on["requests_per_s"] / off["requests_per_s"], 4)
                 if off["requests_per_s"]
                 else None,
@@ -290,17 +285,33 @@ def capture_cpu_us_per_request(
         started = time.process_time()
         for _request in range(requests):
             capture.observe(rows, probabilities, positive)
-        capture.writer().flush(120)
+        if not capture.writer().close(120):
+            raise ValueError("capture's writer did not finish its rows within 120 s")
         return round((time.process_time() - started) / requests * 1e6, 1)
 
 
-def median(values: list[float]) -> float | None:
-    return round(statistics.median(values), 1) if values else None
+def median(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return round(statistics.median(known), 1) if known else None
 
 
-def paired_drop(off: list[float], on: list[float]) -> float | None:
+def by_round(figures: dict[str, Any]) -> dict[int, float]:
+    """A server's requests/s by round (a round that failed for it is absent)."""
+    return dict(zip(figures["rounds_index"], figures["rounds_requests_per_s"], strict=True))
+
+
+def round_drops(off: dict[int, float], on: dict[int, float]) -> list[float]:
+    """1 - on/off of each round both servers were measured in, in round order."""
+    return [
+        round(1 - on[index] / off[index], 4)
+        for index in sorted(off)
+        if on.get(index) is not None and off[index]
+    ]
+
+
+def paired_drop(off: dict[int, float], on: dict[int, float]) -> float | None:
     """The median over rounds of 1 - on/off (None without a round measured on both)."""
-    drops = [1 - b / a for a, b in zip(off, on, strict=False) if a]
+    drops = round_drops(off, on)
     return round(statistics.median(drops), 4) if drops else None
 
 

@@ -246,6 +246,7 @@ class Bench:
                     figures.pop("wrk_text", None)
                     figures["body"] = body.key
                     figures["retries"] = retries
+                    figures["round"] = index
                     self._check_errors(f"{server.key} {case.key}", figures)
                     rounds[server.key].append(figures)
         results: dict[str, Any] = {}
@@ -256,6 +257,7 @@ class Bench:
             figures = dict(done[(len(done) - 1) // 2])  # the median (lower, for even counts)
             figures["rounds_requests_per_s"] = [f["requests_per_s"] for f in rounds[server.key]]
             figures["rounds_other_cpu_cores"] = [f["other_cpu_cores"] for f in rounds[server.key]]
+            figures["rounds_index"] = [f["round"] for f in rounds[server.key]]
             figures["rounds_server_cpu_us_per_request"] = [
                 f["server_cpu_us_per_request"] for f in rounds[server.key]
             ]

@@ -14,6 +14,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,9 @@ MAX_PENDING_ROWS = 12_000
 # thread hand-off per request (a wake-up per request costs more than the write it moves).
 WRITE_PERIOD_SECONDS = 0.1
 WRITE_EARLY_ROWS = 2_000
+# A row's JSON line is about 1.2 KB for 170 features; pieces of segment_bytes / 2 KiB rows keep a
+# segment within about twice segment_bytes.
+ROW_BYTES_ESTIMATE = 2048
 LOST_QUEUE_FULL, LOST_WRITE_FAILED = "queue_full", "write_failed"
 LOST_REASONS = (LOST_QUEUE_FULL, LOST_WRITE_FAILED)
 
@@ -128,12 +132,14 @@ class SpoolWriter:
     an fsync can take tens of milliseconds. It wakes every WRITE_PERIOD_SECONDS and writes all
     that waits in one write; it also seals an old segment when no request comes.
 
-    One per process (threads do not survive a fork). At most MAX_PENDING_ROWS wait; rows
-    beyond that, and rows whose write fails, are lost and counted (``on_lost``), never waited
-    for. What waits is written at the process's exit (atexit: a gunicorn worker's graceful
-    stop) or by :meth:`flush`. A kill or a power cut loses what waits (at most about
-    WRITE_PERIOD_SECONDS of rows), as a power cut loses the page cache's unsynced writes: the
-    spool stays whole either way.
+    One per process (threads do not survive a fork). At most MAX_PENDING_ROWS wait (a single
+    larger request is still taken when nothing waits); rows beyond that, and rows whose write
+    fails, are lost and counted (``on_lost``), never waited for. What waits is written at the
+    process's exit (atexit: a gunicorn worker's graceful stop) or by :meth:`flush`. A kill or a
+    power cut loses what waits (WRITE_PERIOD_SECONDS of rows, more when the disk is behind), as
+    a power cut loses the page cache's unsynced writes: the spool stays whole either way.
+    What waits is appended in pieces of about a segment, so no segment grows far past
+    ``segment_bytes`` however far behind the writer is.
     """
 
     def __init__(
@@ -149,10 +155,12 @@ class SpoolWriter:
         self.on_captured = on_captured
         self.on_lost = on_lost
         self.max_pending_rows = max_pending_rows
+        self.rows_per_append = max(1, spool.segment_bytes // ROW_BYTES_ESTIMATE)
         self._waiting: list[ChosenRows] = []
         self._pending = 0  # rows submitted and not yet written (or lost)
         self._settled = threading.Condition()  # guards both; notified after each write
         self._wake = threading.Event()  # write now: a flush, or WRITE_EARLY_ROWS waiting
+        self._closed = False
         self._logged: set[str] = set()
         self._seal_period = min(max(spool.segment_seconds / 4, 0.25), 30.0)
         self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
@@ -163,13 +171,13 @@ class SpoolWriter:
         """Queue CHOSEN; the rows queued (0 when the queue is full: they are lost, counted)."""
         rows = len(chosen.positive)
         with self._settled:
-            full = self._pending + rows > self.max_pending_rows
+            full = self._pending > 0 and self._pending + rows > self.max_pending_rows
             if not full:
                 self._waiting.append(chosen)
                 self._pending += rows
                 early = self._pending >= WRITE_EARLY_ROWS
         if full:
-            self.on_lost(rows, LOST_QUEUE_FULL)
+            self._count(self.on_lost, rows, LOST_QUEUE_FULL)
             return 0
         if early:
             self._wake.set()
@@ -181,10 +189,18 @@ class SpoolWriter:
         with self._settled:
             return self._settled.wait_for(lambda: self._pending == 0, timeout)
 
+    def close(self, timeout: float = 10.0) -> bool:
+        """Flush, then end the thread (a writer whose spool goes away); False on timeout."""
+        flushed = self.flush(timeout)
+        self._closed = True
+        self._wake.set()
+        self._thread.join(timeout)
+        return flushed and not self._thread.is_alive()
+
     def _run(self) -> None:
         seal_pause = self._seal_period
         next_seal_check = time.monotonic() + seal_pause
-        while True:
+        while not self._closed:
             self._wake.wait(WRITE_PERIOD_SECONDS)
             self._wake.clear()
             with self._settled:
@@ -197,18 +213,38 @@ class SpoolWriter:
                 next_seal_check = time.monotonic() + seal_pause
 
     def _write(self, batches: list[ChosenRows]) -> None:
+        """Append the batches' rows in pieces of rows_per_append; each piece is counted written
+        or lost. Nothing here may end the thread: every error is caught and counted."""
         rows = sum(len(batch.positive) for batch in batches)
         try:
-            records = [item for batch in batches for item in batch.records(self.model_version)]
-            written = self._guard(lambda: self.spool.append(records))
-            if written:
-                self.on_captured(rows)
-            else:
-                self.on_lost(rows, LOST_WRITE_FAILED)
+            records: list[dict[str, object]] = []
+            if not self._guard(
+                lambda: records.extend(
+                    item for batch in batches for item in batch.records(self.model_version)
+                )
+            ):
+                records = []
+            for start in range(0, len(records), self.rows_per_append):
+                piece = records[start : start + self.rows_per_append]
+                written = self._guard(lambda piece=piece: self.spool.append(piece))
+                if written:
+                    self._count(self.on_captured, len(piece))
+                else:
+                    self._count(self.on_lost, len(piece), LOST_WRITE_FAILED)
+            if len(records) < rows:  # rows that could not even be made records
+                self._count(self.on_lost, rows - len(records), LOST_WRITE_FAILED)
         finally:
             with self._settled:
                 self._pending -= rows
                 self._settled.notify_all()
+
+    def _count(self, callback: Callable[..., None], *args: object) -> None:
+        try:
+            callback(*args)
+        except Exception:  # a broken metrics file must not end the thread or fail a request
+            if "count" not in self._logged:
+                self._logged.add("count")
+                log.exception("capture: a row count could not be recorded")
 
     def _guard(self, action: Callable[[], object]) -> bool:
         """Run ACTION; False on any error, whose traceback is logged once per kind (the thread
@@ -221,6 +257,11 @@ class SpoolWriter:
                 self._logged.add(type(exc).__name__)
                 log.exception("capture: the spool could not be written (rows are counted lost)")
             return False
+
+
+def _new_lock(capture: RequestCapture | None) -> None:
+    if capture is not None:
+        capture._making = threading.Lock()
 
 
 class RequestCapture:
@@ -241,15 +282,25 @@ class RequestCapture:
         self._rng = np.random.default_rng()
         self._pid = -1
         self._writer: SpoolWriter | None = None
+        # HTTP, gRPC and MQTT may observe at once: one writer is made per process. A fork
+        # starts with a fresh lock (the parent's could have been held at the fork).
+        self._making = threading.Lock()
+        alive = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _new_lock(alive()))
 
     def writer(self) -> SpoolWriter:
         """This process's writer (a fork gets its own, and its own sampling stream)."""
-        if self._writer is None or self._pid != os.getpid():
-            self._rng, self._pid = np.random.default_rng(), os.getpid()
-            self._writer = SpoolWriter(
-                self.spool, self.model_version, self.on_captured, self.on_lost
-            )
-        return self._writer
+        writer = self._writer
+        if writer is not None and self._pid == os.getpid():
+            return writer
+        with self._making:
+            if self._writer is None or self._pid != os.getpid():
+                self._rng = np.random.default_rng()
+                self._writer = SpoolWriter(
+                    self.spool, self.model_version, self.on_captured, self.on_lost
+                )
+                self._pid = os.getpid()
+            return self._writer
 
     def observe(self, rows: np.ndarray, probabilities: np.ndarray, positive: np.ndarray) -> int:
         """Queue the chosen rows for the spool; how many were queued."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.capture import CAPTURE_KEY, paired_drop
+from bench.capture import CAPTURE_KEY, by_round, paired_drop
 
 pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parents[2]
@@ -184,7 +184,7 @@ def test_capture_smoke_run_records_the_drop_and_a_whole_spool(
     entry = capture["cases"]["single-predict"]
     assert entry["requests_per_s_off"] > 0 and entry["requests_per_s_on"] > 0
     (case,) = [case for case in report["cases"] if case["key"] == "single-predict"]
-    off, on = (case["results"][key]["rounds_requests_per_s"] for key in ("linkedge", CAPTURE_KEY))
+    off, on = (by_round(case["results"][key]) for key in ("linkedge", CAPTURE_KEY))
     assert entry["drop"] == paired_drop(off, on) is not None
     assert capture["rate"] == 1.0 and capture["segments"] >= 1 and capture["bytes"] > 0
     # rate 1: every row answered by the capturing server (its own counts) was captured

@@ -31,7 +31,8 @@ def captured(directory: Path, client) -> list[dict]:
 
 
 def serve(tiny_bundle: ModelBundle, directory: Path, rate: float):
-    settings = CaptureSettings(directory, rate=rate, budget_bytes=1 << 20, segment_bytes=1 << 16)
+    # Room for every row the tests send: none is dropped for the budget.
+    settings = CaptureSettings(directory, rate=rate, budget_bytes=1 << 23, segment_bytes=1 << 16)
     return create_app(tiny_bundle, ServingConfig(capture=settings)).test_client()
 
 
@@ -62,7 +63,7 @@ def test_the_rate_samples_the_other_answers(tiny_bundle, tmp_path) -> None:
     samples = metric_samples(client)
     assert samples[("linkedge_capture_records_total", ())] == len(kept)
     assert samples[("linkedge_capture_spool_bytes", ())] > 0
-    assert samples[("linkedge_capture_spool_budget_bytes", ())] == 1 << 20
+    assert samples[("linkedge_capture_spool_budget_bytes", ())] == 1 << 23
     assert samples[("linkedge_capture_dropped_segments_total", ())] == 0
 
 
@@ -168,3 +169,29 @@ sys.exit(0)
     spool = CaptureSettings(tmp_path).spool()
     spool.recover()  # the process's open segment, as the service's next start seals it
     assert sum(len(read_segment(path)) for path in spool.sealed()) == 10_000
+
+
+def test_a_backlog_is_written_in_pieces_so_no_segment_grows_past_its_size(tmp_path) -> None:
+    """A writer far behind (a slow disk) appends what waits in pieces: segments stay near
+    segment_bytes, never one huge segment the depot's upload limit would refuse."""
+    spool = CaptureSettings(tmp_path, budget_bytes=1 << 24, segment_bytes=1 << 16).spool()
+    written: list[int] = []
+    writer = SpoolWriter(spool, "v1", written.append, lambda n, why: None)
+    rows = np.random.default_rng(3).random((3000, 170)).astype(np.float32)
+    with spool._lock:  # the disk stalls while 3,000 rows arrive
+        assert writer.submit(ChosenRows(1.0, rows, np.full(3000, 0.9), np.ones(3000, bool))) > 0
+    assert writer.flush(30)
+    spool.seal()
+    sizes = [path.stat().st_size for path in spool.sealed()]
+    assert sum(written) == 3000 and len(sizes) > 10
+    assert max(sizes) < 2 * (1 << 16), sizes
+
+
+def test_one_request_larger_than_the_queue_is_still_taken_when_nothing_waits(tmp_path) -> None:
+    spool = CaptureSettings(tmp_path, budget_bytes=1 << 24, segment_bytes=1 << 16).spool()
+    lost: list[tuple[int, str]] = []
+    writer = SpoolWriter(spool, "v1", lambda n: None, lambda n, why: lost.append((n, why)), 10)
+    rows = np.ones((50, 3), dtype=np.float32)
+    assert writer.submit(ChosenRows(1.0, rows, np.full(50, 0.9), np.ones(50, bool))) == 50
+    assert writer.close(10)
+    assert lost == []
