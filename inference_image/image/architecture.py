@@ -44,18 +44,20 @@ def set_architecture(client: Any, tag: str, platform: Platform) -> str:
         (manifest,) = json.loads(_member(source, "manifest.json"))
         config = json.loads(_member(source, manifest["Config"]))
         config["architecture"] = platform.debian_arch
+        config.pop("variant", None)
         if platform.debian_arch == "arm64":
             config["variant"] = "v8"
         config_bytes = json.dumps(config, separators=(",", ":")).encode()
         config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
+        old_config = manifest["Config"]
         manifest["Config"] = config_name
         manifest["RepoTags"] = [tag]
-        replaced = {manifest["Config"], "manifest.json", "repositories"}
         for member in source.getmembers():
-            if member.name in replaced or (
-                member.name.endswith(".json") and "/" not in member.name
-            ):
-                continue  # the old config and index: written anew below
+            top_level_json = member.name.endswith(".json") and "/" not in member.name
+            if top_level_json or member.name in (old_config, "repositories", "oci-layout"):
+                # The old config and the indexes: what is loaded is the classic layout (the
+                # layers plus manifest.json), which every engine's loader reads.
+                continue
             target.addfile(member, source.extractfile(member) if member.isfile() else None)
         for name, data in (
             (config_name, config_bytes),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from .wheelhouse import REQUIREMENTS, ensure_wheelhouse, wheelhouse_for
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 DOCKERFILE = Path(__file__).with_name("Dockerfile")
+ENSURE_BINFMT = Path(__file__).with_name("ensure-binfmt.sh")
 DEFAULT_BASE_IMAGE = "debian:bookworm-slim"
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,15 @@ class BuiltImage:
     base_image: str
     seconds: float
     platform: str  # Docker's name of the image's architecture: linux/arm64
+
+
+def ensure_emulation(platform: Platform) -> None:
+    """Let this machine run PLATFORM's code under QEMU (ensure-binfmt.sh, idempotent), or
+    ImageBuildError with the one line that says why it cannot."""
+    done = subprocess.run(["bash", str(ENSURE_BINFMT)], capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["ensure-binfmt.sh failed"])[-1]
+        raise ImageBuildError(f"cannot build for {platform.name} here: {reason}")
 
 
 def assemble_context(
@@ -78,6 +89,8 @@ def build_image(
     tail, or when the image's config does not name PLATFORM's architecture."""
     platform = platform or host_platform()
     bundle = load_bundle(bundle_dir)  # refuses a tampered bundle before anything is built
+    if platform != host_platform():
+        ensure_emulation(platform)
     client = client or docker.from_env(timeout=600)
     base = resolve_base_image(client, base_image, allow_pull, platform)
     started = time.monotonic()

@@ -9,7 +9,7 @@
 set -euo pipefail
 
 image="${1:-linkedge/debian-base:bookworm}"
-host_arch=$(dpkg --print-architecture)
+host_arch=$(dpkg --print-architecture 2>/dev/null || { [ "$(uname -m)" = aarch64 ] && echo arm64 || echo amd64; })
 arch="${2:-$host_arch}"
 suite="${LINKEDGE_BASE_SUITE:-bookworm}"
 mirror="${LINKEDGE_DEBIAN_MIRROR:-}"
