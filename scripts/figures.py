@@ -485,7 +485,10 @@ def render(root: Path) -> str:
         *(source.row() for source in sources),
         "",
     ]
-    return "\n".join(head + body).rstrip("\n") + "\n"
+    text = "\n".join(head + body).rstrip("\n") + "\n"
+    # Paths the runs recorded (bundles, builds) are written relative to the repository: the
+    # page must not name the machine it was made on.
+    return text.replace(f"{root}/", "")
 
 
 def main(argv: list[str] | None = None) -> int:
