@@ -24,6 +24,8 @@ import numpy as np
 from inference_image import contract
 from inference_image.capture_spool import CaptureSpool, SpoolError
 
+from .log_once import OncePerKind
+
 log = logging.getLogger("linkedge.serving")
 
 ENV_DIR, ENV_RATE = contract.ENV_CAPTURE_DIR, contract.ENV_CAPTURE_RATE
@@ -101,6 +103,7 @@ WRITE_EARLY_ROWS = 2_000
 ROW_BYTES_ESTIMATE = 2048
 LOST_QUEUE_FULL, LOST_WRITE_FAILED = "queue_full", "write_failed"
 LOST_REASONS = (LOST_QUEUE_FULL, LOST_WRITE_FAILED)
+SPOOL_FAILED = "the spool could not be written (rows are counted lost)"
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,11 @@ class ChosenRows:
             }
             for index, positive in enumerate(self.positive.tolist())
         ]
+
+
+def _new_process(capture: RequestCapture | None) -> None:
+    if capture is not None:
+        capture._new_process_state()
 
 
 class SpoolWriter:
@@ -161,7 +169,7 @@ class SpoolWriter:
         self._settled = threading.Condition()  # guards both; notified after each write
         self._wake = threading.Event()  # write now: a flush, or WRITE_EARLY_ROWS waiting
         self._closed = False
-        self._logged: set[str] = set()
+        self._errors = OncePerKind(log)
         self._seal_period = min(max(spool.segment_seconds / 4, 0.25), 30.0)
         self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
         self._thread.start()
@@ -208,7 +216,7 @@ class SpoolWriter:
             if batches:
                 self._write(batches)
             elif time.monotonic() >= next_seal_check:  # quiet: seal an old segment
-                sealed = self._guard(self.spool.seal_if_old)
+                sealed = self._guard(self.spool.seal_if_old, SPOOL_FAILED)
                 seal_pause = self._seal_period if sealed else min(seal_pause * 2, 300.0)
                 next_seal_check = time.monotonic() + seal_pause
 
@@ -221,12 +229,13 @@ class SpoolWriter:
             if not self._guard(
                 lambda: records.extend(
                     item for batch in batches for item in batch.records(self.model_version)
-                )
+                ),
+                "the rows could not be made records (they are counted lost)",
             ):
                 records = []
             for start in range(0, len(records), self.rows_per_append):
                 piece = records[start : start + self.rows_per_append]
-                written = self._guard(lambda piece=piece: self.spool.append(piece))
+                written = self._guard(lambda piece=piece: self.spool.append(piece), SPOOL_FAILED)
                 if written:
                     self._count(self.on_captured, len(piece))
                 else:
@@ -239,29 +248,18 @@ class SpoolWriter:
                 self._settled.notify_all()
 
     def _count(self, callback: Callable[..., None], *args: object) -> None:
-        try:
-            callback(*args)
-        except Exception:  # a broken metrics file must not end the thread or fail a request
-            if "count" not in self._logged:
-                self._logged.add("count")
-                log.exception("capture: a row count could not be recorded")
+        # A broken metrics file must not end the thread or fail a request.
+        self._guard(lambda: callback(*args), "a row count could not be recorded")
 
-    def _guard(self, action: Callable[[], object]) -> bool:
-        """Run ACTION; False on any error, whose traceback is logged once per kind (the thread
-        must outlive it, and a broken disk must not flood the log)."""
+    def _guard(self, action: Callable[[], object], failure: str) -> bool:
+        """Run ACTION; False on any error, whose traceback is logged with FAILURE once per kind
+        (the thread must outlive it, and a broken disk must not flood the log)."""
         try:
             action()
             return True
         except Exception as exc:
-            if type(exc).__name__ not in self._logged:
-                self._logged.add(type(exc).__name__)
-                log.exception("capture: the spool could not be written (rows are counted lost)")
+            self._errors.error(failure, exc, "capture: %s", failure)
             return False
-
-
-def _new_lock(capture: RequestCapture | None) -> None:
-    if capture is not None:
-        capture._making = threading.Lock()
 
 
 class RequestCapture:
@@ -279,27 +277,28 @@ class RequestCapture:
         self.on_lost = on_lost
         self.spool = settings.spool()
         self.model_version = model_version
-        self._rng = np.random.default_rng()
-        self._pid = -1
-        self._writer: SpoolWriter | None = None
-        # HTTP, gRPC and MQTT may observe at once: one writer is made per process. A fork
-        # starts with a fresh lock (the parent's could have been held at the fork).
-        self._making = threading.Lock()
+        self._new_process_state()
         alive = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _new_lock(alive()))
+        os.register_at_fork(after_in_child=lambda: _new_process(alive()))
+
+    def _new_process_state(self) -> None:
+        """A process's own state: its sampling stream; no writer yet (threads do not survive
+        a fork); a fresh lock (the parent's could have been held at the fork)."""
+        self._rng = np.random.default_rng()
+        self._writer: SpoolWriter | None = None
+        # HTTP, gRPC and MQTT may observe at once: one writer is made per process.
+        self._making = threading.Lock()
 
     def writer(self) -> SpoolWriter:
-        """This process's writer (a fork gets its own, and its own sampling stream)."""
+        """This process's writer, made on first use."""
         writer = self._writer
-        if writer is not None and self._pid == os.getpid():
+        if writer is not None:
             return writer
         with self._making:
-            if self._writer is None or self._pid != os.getpid():
-                self._rng = np.random.default_rng()
+            if self._writer is None:
                 self._writer = SpoolWriter(
                     self.spool, self.model_version, self.on_captured, self.on_lost
                 )
-                self._pid = os.getpid()
             return self._writer
 
     def observe(self, rows: np.ndarray, probabilities: np.ndarray, positive: np.ndarray) -> int:

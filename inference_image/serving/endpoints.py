@@ -21,6 +21,7 @@ import numpy as np
 from . import binary
 from .auth import BearerAuth
 from .config import ServingConfig
+from .log_once import OncePerKind
 from .metrics import ServingMetrics
 from .model import ServedModel
 from .payloads import InferParser, PayloadError, RecordParser, read_infer_body, read_json_body
@@ -63,7 +64,7 @@ class PredictionEndpoints:
         self.model = model
         self.metrics = metrics
         self.observers = dict(observers or {})  # drift, capture, shadow: see RowObserver
-        self._observer_errors_logged: set[tuple[str, str]] = set()
+        self._observer_errors = OncePerKind(log)
         self.check_port = None if config.check_port is None else str(config.check_port)
         self.max_body_bytes = config.max_body_bytes
         self.max_rows = config.max_rows
@@ -100,17 +101,13 @@ class PredictionEndpoints:
 
     def _log_observer_error(self, name: str, exc: Exception) -> None:
         """The traceback of an observer's first error of each exception type; the same type
-        again is only counted (linkedge_observer_errors_total), so a broken spool does not
-        flood the log at the request rate."""
-        kind = (name, type(exc).__name__)
-        if kind in self._observer_errors_logged:
-            return
-        self._observer_errors_logged.add(kind)
-        log.error(
+        again is only counted (linkedge_observer_errors_total)."""
+        self._observer_errors.error(
+            name,
+            exc,
             "%s could not take the rows of a request (logged once; every one is counted in "
             "linkedge_observer_errors_total)",
             name,
-            exc_info=exc,
         )
 
     def observed(self, environ: Mapping[str, Any]) -> bool:
