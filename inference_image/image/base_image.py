@@ -43,7 +43,11 @@ def _present(client: docker.DockerClient, name: str, platform: Platform | None =
     return platform is None or image.attrs.get("Architecture") == platform.debian_arch
 
 
-def build_local_base(name: str = LOCAL_BASE_IMAGE, platform: Platform | None = None) -> str:
+def build_local_base(
+    name: str = LOCAL_BASE_IMAGE,
+    platform: Platform | None = None,
+    client: docker.DockerClient | None = None,
+) -> str:
     """debootstrap a minimal bookworm for PLATFORM (default: the host's) and `docker import`
     it (needs only a Debian mirror; another architecture also needs QEMU, which
     ensure-binfmt.sh sets up or refuses with its reason)."""
@@ -60,7 +64,7 @@ def build_local_base(name: str = LOCAL_BASE_IMAGE, platform: Platform | None = N
             + result.stderr[-2000:]
         )
     try:
-        set_architecture(docker.from_env(timeout=600), name, platform)
+        set_architecture(client or docker.from_env(timeout=600), name, platform)
     except (ArchitectureError, docker.errors.DockerException) as exc:
         raise BaseImageError(
             f"{name}: its config cannot say {platform.debian_arch}: {exc}"
@@ -109,4 +113,4 @@ def resolve_base_image(
     if _present(client, local, platform):
         return local
     log.warning("building %s with debootstrap (about 30 s; another architecture's: minutes)", local)
-    return build_local_base(local, platform)
+    return build_local_base(local, platform, client)

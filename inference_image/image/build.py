@@ -124,17 +124,15 @@ def build_image(
                 detail = "\n".join([*log_tail, chunk["error"]])
                 raise ImageBuildError(f"docker build of {tag} failed:\n{detail}")
     try:
+        # A classic build's FROM scratch stage takes the engine's architecture: the layers are
+        # PLATFORM's (built from its base, run under QEMU), the config is corrected (nothing
+        # to do when it already names PLATFORM's).
+        set_architecture(client, tag, platform)
         image = client.images.get(tag)
     except docker.errors.ImageNotFound as exc:
         raise ImageBuildError(f"docker build reported success but {tag} is absent") from exc
-    if image.attrs.get("Architecture") != platform.debian_arch:
-        # A classic build's FROM scratch stage takes the engine's architecture: the layers are
-        # PLATFORM's (built from its base, run under QEMU), the config is corrected.
-        try:
-            set_architecture(client, tag, platform)
-        except ArchitectureError as exc:
-            raise ImageBuildError(f"{tag} was built for {platform.name}, but {exc}") from exc
-        image = client.images.get(tag)
+    except ArchitectureError as exc:
+        raise ImageBuildError(f"{tag} was built for {platform.name}, but {exc}") from exc
     return BuiltImage(
         tag=tag,
         image_id=image.id,
