@@ -14,9 +14,11 @@ import docker
 import docker.errors
 
 from ..bundle import load_bundle
+from ..contract import BUNDLE_DIR
 from ..release import source_commit
 from .architecture import ArchitectureError, set_architecture
 from .base_image import resolve_base_image
+from .model_layer import model_layer
 from .platforms import Platform, host_platform
 from .wheelhouse import REQUIREMENTS, ensure_wheelhouse, wheelhouse_for
 
@@ -52,11 +54,10 @@ def ensure_emulation(platform: Platform) -> None:
         raise ImageBuildError(f"cannot build for {platform.name} here: {reason}")
 
 
-def assemble_context(
-    context: Path, bundle_dir: Path, wheelhouse: Path, platform: Platform | None = None
-) -> None:
+def assemble_context(context: Path, wheelhouse: Path, platform: Platform | None = None) -> None:
     """Dockerfile, wheels/ (only the pinned ones, for PLATFORM: see wheelhouse_for),
-    app/inference_image, model/."""
+    app/inference_image. The model is not in the context: it is appended as its own layer
+    after the build (model_layer)."""
     shutil.copy2(DOCKERFILE, context / "Dockerfile")
     wheels = context / "wheels"
     wheels.mkdir()
@@ -68,10 +69,6 @@ def assemble_context(
         context / "app" / PACKAGE_DIR.name,
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "image", "Dockerfile"),
     )
-    shutil.copytree(bundle_dir, context / "model")
-    for path in (context / "model").iterdir():
-        path.chmod(0o444)
-    (context / "model").chmod(0o555)
 
 
 def build_image(
@@ -85,8 +82,9 @@ def build_image(
     platform: Platform | None = None,
 ) -> BuiltImage:
     """Verify the bundle, then build `tag` from it for PLATFORM (default: the host's; another
-    architecture's steps run under QEMU: ensure-binfmt.sh); raise ImageBuildError with the log
-    tail, or when the image's config does not name PLATFORM's architecture."""
+    architecture's steps run under QEMU: ensure-binfmt.sh), its model as the last layer
+    (model_layer: the same bytes for every platform); raise ImageBuildError with the log tail,
+    or when the image's config does not name PLATFORM's architecture."""
     platform = platform or host_platform()
     bundle = load_bundle(bundle_dir)  # refuses a tampered bundle before anything is built
     if platform != host_platform():
@@ -97,7 +95,7 @@ def build_image(
     log_tail: list[str] = []
     with tempfile.TemporaryDirectory(prefix="linkedge-build-") as tmp:
         context = Path(tmp)
-        assemble_context(context, bundle.path, wheelhouse, platform)
+        assemble_context(context, wheelhouse, platform)
         stream = client.api.build(
             path=str(context),
             tag=tag,
@@ -125,9 +123,16 @@ def build_image(
                 raise ImageBuildError(f"docker build of {tag} failed:\n{detail}")
     try:
         # A classic build's FROM scratch stage takes the engine's architecture: the layers are
-        # PLATFORM's (built from its base, run under QEMU), the config is corrected (nothing
-        # to do when it already names PLATFORM's).
-        set_architecture(client, tag, platform)
+        # PLATFORM's (built from its base, run under QEMU), the config is corrected. The model
+        # is appended as the last layer, the same bytes for every platform and every build.
+        set_architecture(
+            client,
+            tag,
+            platform,
+            layer=model_layer(bundle.path),
+            layer_comment=f"linkedge: model {bundle.version} in {BUNDLE_DIR} "
+            f"(bundle {bundle.sha256})",
+        )
         image = client.images.get(tag)
     except docker.errors.ImageNotFound as exc:
         raise ImageBuildError(f"docker build reported success but {tag} is absent") from exc
