@@ -89,7 +89,7 @@ molecule-pull: setup truck-image molecule-releases
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/molecule test -s pull
 
 test: lint sanity setup docker base-image wheelhouse test-tools release truck-image molecule-releases
-	$(BIN)/pytest -q --durations=25 -m "not arm64" tests
+	$(BIN)/pytest -q --durations=25 tests
 	$(MAKE) molecule
 	$(MAKE) molecule-fleet
 	$(MAKE) molecule-resilience

@@ -36,6 +36,13 @@ def markdown(report: dict[str, Any]) -> str:
             "LinkEdge ÷ best MLServer",
         ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if report["settings"].get("image_emulated"):
+        lines[:0] = [
+            f"**Emulated, not a hardware figure**: the image is "
+            f"{report['settings'].get('image_architecture')}, run under QEMU user-mode "
+            f"emulation on this {report.get('machine', {}).get('cpu_model')} machine.",
+            "",
+        ]
     cases = {case["key"]: case for case in report.get("cases", [])}
     for case in report.get("cases", []):
         results = case["results"]

@@ -20,7 +20,7 @@ from .cases import Case, full_cases, smoke_cases
 from .load import LoadError, measure
 from .procs import cpu_delta, cpu_seconds, memory, system_busy_seconds
 from .servers import LinkEdgeContainer, MLServerProcess, ServerError
-from .tools import git_state, log, machine_info, package_version
+from .tools import git_state, image_architecture, log, machine_info, package_version
 
 MAX_SOCKET_ERROR_SHARE = 0.001  # socket errors beyond 0.1% of requests fail the run
 QUIET_THRESHOLD = 0.3  # cores of other work the bench waits to fall under before a case
@@ -297,6 +297,7 @@ class Bench:
                 "quiet_threshold_cores": QUIET_THRESHOLD,
                 "wrk_threads": 1,
                 "image": settings.image,
+                **{f"image_{k}": v for k, v in image_architecture(settings.image).items()},
                 "bundle": str(settings.bundle),
                 "model_version": model_version,
             },

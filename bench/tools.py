@@ -122,6 +122,24 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def image_architecture(image: str) -> dict[str, Any]:
+    """The image's architecture, and whether this machine runs it under emulation (QEMU user
+    mode: an arm64 image on an x86_64 machine), whose figures are not a hardware's."""
+    from inference_image.contract import architecture_named
+    from inference_image.image.platforms import host_platform
+
+    found = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Architecture}}", image],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    try:
+        architecture = architecture_named(found)
+    except ValueError:
+        return {"architecture": found or None, "emulated": False}
+    return {"architecture": architecture, "emulated": architecture != host_platform().debian_arch}
+
+
 def machine_info() -> dict[str, Any]:
     memory_kb = 0
     try:

@@ -270,7 +270,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     import tempfile
 
     from .bundle import load_bundle
-    from .image.export import export_image
+    from .image.export import export_images
     from .release import image_packages, input_fingerprint, publish_release
     from .signing import load_private_key
 
@@ -283,13 +283,15 @@ def cmd_publish(args: argparse.Namespace) -> int:
             _data_files(args.data), _json_object(args.settings, "--settings")
         )
         client = _docker_client(timeout=600)
-        _require_image(client, args.image)
+        for image in args.image:
+            _require_image(client, image)
         args.releases.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=args.releases) as export_dir:
-        with steps.step(f"exporting {args.image}"):
-            export_image(args.image, Path(export_dir), client)
+        with steps.step(f"exporting {', '.join(args.image)}"):
+            exported = export_images(args.image, Path(export_dir), client)
         with steps.step("listing the image's Python packages"):
-            packages = image_packages(args.image)
+            # The same pinned wheels on every architecture: listed from the first image.
+            packages = image_packages(exported[0].image)
         with steps.step(f"publishing the release in {args.releases}"):
             manifest = publish_release(
                 args.releases,
@@ -603,15 +605,16 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from .image.export import export_image
+    from .image.export import export_images
 
     steps = _steps(args, 2)
-    with steps.step(f"finding {args.image}"):
+    with steps.step(f"finding {', '.join(args.image)}"):
         client = _docker_client(timeout=600)
-        _require_image(client, args.image)
-    with steps.step(f"saving {args.image} into {args.out}"):
-        exported = export_image(args.image, args.out, client)
-    _print_json(asdict(exported))
+        for image in args.image:
+            _require_image(client, image)
+    with steps.step(f"saving {', '.join(args.image)} into {args.out}"):
+        exported = export_images(args.image, args.out, client)
+    _print_json([asdict(item) for item in exported] if len(exported) > 1 else asdict(exported[0]))
     return 0
 
 
@@ -899,7 +902,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("publish", help="export an image and publish it as a release")
     p.add_argument("--releases", type=Path, required=True, help="releases directory")
     p.add_argument("--bundle", type=Path, required=True, help="the bundle the image serves")
-    p.add_argument("--image", required=True, help="the serving image (name:tag) to publish")
+    p.add_argument(
+        "--image",
+        required=True,
+        action="append",
+        help="the serving image (name:tag) to publish; repeat it for each architecture's image "
+        "of the same bundle (one release, an image per architecture)",
+    )
     p.add_argument("--data", type=Path, required=True, help="APS data directory it was built from")
     p.add_argument("--settings", default="{}", help="JSON of the settings that shaped the build")
     p.add_argument("--build-seconds", type=float, help="build time to record in the manifest")
@@ -978,7 +987,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build)
 
     p = commands.add_parser("export", help="docker save the image with sha256 and model card")
-    p.add_argument("--image", required=True, help="image name:tag to export")
+    p.add_argument(
+        "--image",
+        required=True,
+        action="append",
+        help="image name:tag to export; repeat it for each architecture's image of one bundle",
+    )
     p.add_argument("--out", type=Path, required=True, help="directory for the archive and card")
     p.set_defaults(func=cmd_export)
 

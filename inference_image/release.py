@@ -2,7 +2,7 @@
 
 A release directory ``RELEASES/<version>/`` holds::
 
-    <image>.tar, <image>.tar.sha256   the image as `docker save` wrote it
+    <image>.tar, <image>.tar.sha256   the image as `docker save` wrote it (one per architecture)
     model_card.json                    the model card
     bundle/                            the model bundle (checksummed)
     packages.json                      Python packages (name, version) inside the image
@@ -38,7 +38,7 @@ from . import signing
 from .bundle import SUMS_FILE, load_bundle, sha256_file
 from .captured import fingerprint_name
 from .contract import MANIFEST_FILE as MANIFEST
-from .contract import MANIFEST_REQUIRED
+from .contract import MANIFEST_REQUIRED, release_images
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CURRENT = "current"
@@ -139,10 +139,18 @@ def current_release(releases: Path) -> dict[str, Any] | None:
     return json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
 
 
-def release_files(release_dir: Path, archive: str) -> dict[str, str]:
-    """sha256 of every file of a release except the archive, the manifest and its signature."""
+def archives(manifest: dict[str, Any]) -> list[str]:
+    """The archive of every architecture's image of a release (the top-level one first)."""
+    names = [manifest["archive"]]
+    names += [image.get("archive") for image in release_images(manifest).values()]
+    return list(dict.fromkeys(name for name in names if name))
+
+
+def release_files(release_dir: Path, manifest: dict[str, Any]) -> dict[str, str]:
+    """sha256 of every file of a release except the archives (each has its own digest in the
+    manifest), the manifest and its signature."""
     release_dir = Path(release_dir)
-    skip = {archive, MANIFEST, MANIFEST + signing.SIGNATURE_SUFFIX}
+    skip = {*archives(manifest), MANIFEST, MANIFEST + signing.SIGNATURE_SUFFIX}
     return {
         path.relative_to(release_dir).as_posix(): sha256_file(path)
         for path in sorted(release_dir.rglob("*"))
@@ -179,9 +187,10 @@ def release_present(release_dir: Path, with_bundle: bool = False, signed: bool =
     release_dir = Path(release_dir)
     try:
         manifest = json.loads((release_dir / MANIFEST).read_text())
-        archive_complete = (release_dir / manifest["archive"]).stat().st_size == manifest[
-            "archive_bytes"
-        ]
+        archive_complete = all(
+            (release_dir / image["archive"]).stat().st_size == image["archive_bytes"]
+            for image in [manifest, *release_images(manifest).values()]
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return False
     has_signature = (release_dir / (MANIFEST + signing.SIGNATURE_SUFFIX)).is_file()
@@ -220,20 +229,22 @@ def complete_manifest(
         "cost_ratio_std": repeated.get("cost_ratio_std"),
         "source_commit": source_commit(),
         **provenance,
-        "files": release_files(release_dir, manifest["archive"]),
+        "files": release_files(release_dir, manifest),
     }
 
 
 def check_release_files(release_dir: Path, manifest: dict[str, Any]) -> None:
     """Every file the manifest names has the digest it says (so only what matches is signed)."""
     release_dir = Path(release_dir)
-    archive = release_dir / manifest["archive"]
-    if not archive.is_file():
-        raise ReleaseError(f"{archive} is missing: the release is incomplete")
-    if archive.stat().st_size != manifest["archive_bytes"] or (
-        sha256_file(archive) != manifest["archive_sha256"]
-    ):
-        raise ReleaseError(f"{archive} does not match manifest.json: the release was altered")
+    # The top level (what earlier trucks read) and every architecture's image, each checked.
+    for image in [manifest, *release_images(manifest).values()]:
+        archive = release_dir / image["archive"]
+        if not archive.is_file():
+            raise ReleaseError(f"{archive} is missing: the release is incomplete")
+        if archive.stat().st_size != image["archive_bytes"] or (
+            sha256_file(archive) != image["archive_sha256"]
+        ):
+            raise ReleaseError(f"{archive} does not match manifest.json: the release was altered")
     bundle_sums = release_dir / "bundle" / SUMS_FILE
     if bundle_sums.is_file() and sha256_file(bundle_sums) != manifest["bundle_sha256"]:
         raise ReleaseError(f"{bundle_sums} does not match manifest.json: the release was altered")
@@ -294,7 +305,11 @@ def publish_release(
         )
     target = releases / bundle.version
     if target.exists():
-        raise ReleaseError(f"release {target} already exists; releases are immutable")
+        raise ReleaseError(
+            f"release {target} already exists; releases are immutable: publish other images "
+            "of the same model (another platform) under a new version (train --version, "
+            "image_builder_version)"
+        )
     releases.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{bundle.version}.", dir=releases))
     try:

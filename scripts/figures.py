@@ -31,8 +31,6 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 NOT_MEASURED = "not measured yet: run `make test`"
-# Figures files that `make test` does not write, and what does.
-OUTSIDE_MAKE_TEST = {"arm64-image": "`make test-arm64`"}
 
 # What each scenario figure means, in the order the scenario measures them. Figures a scenario
 # records that are not listed here are rendered too, under their own key, after these.
@@ -454,7 +452,7 @@ def render(root: Path) -> str:
             root,
             f"`make test` or `make molecule-{scenario_of(name)}`"
             if name in SCENARIOS
-            else OUTSIDE_MAKE_TEST.get(name, "`make test`"),
+            else "`make test`",
         )
         for name in names
     }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the small releases the Molecule scenarios ship to simulated trucks:
 #   build/releases/v1  (30 boosting rounds)   build/releases/v2  (40 boosting rounds)
-#   build/releases/v3  (50 boosting rounds; the pull scenario's third version)
+#   build/releases/v3  (50 boosting rounds; the pull scenario's third version, and the fleet
+#                       scenario's mixed fleet: an amd64 and an arm64 image, one release)
 # all signed with the development key build/keys/release-signing.key (created if missing).
 # Each is an `inference_image export` directory (image archive, .sha256, model_card.json,
 # manifest.json) plus the model bundle it was built from in <release>/bundle (the tests read the
@@ -21,18 +22,26 @@ IMAGE_NAME="${LINKEDGE_MOLECULE_IMAGE:-linkedge/aps-classifier}"
 log() { printf '[molecule-releases] %s\n' "$*" >&2; }
 cli() { "$PYTHON" -m inference_image "$@"; }
 
-present() { # release dir -> 0 when complete (manifest.json, the archive of its size, the bundle)
-  "$PYTHON" -c 'import sys; from pathlib import Path; from inference_image.release import release_present
-sys.exit(0 if release_present(Path(sys.argv[1]), with_bundle=True, signed=False) else 1)' "$1"
+present() { # release dir [platform] -> 0 when complete (manifest.json, each archive of its
+  # size, the bundle) and holding an image for the platform, when one is named
+  "$PYTHON" -c 'import json, sys; from pathlib import Path
+from inference_image.contract import architecture_named, release_images
+from inference_image.release import release_present
+release = Path(sys.argv[1])
+ok = release_present(release, with_bundle=True, signed=False)
+if ok and sys.argv[2:]:
+    images = release_images(json.loads((release / "manifest.json").read_text()))
+    ok = architecture_named(sys.argv[2]) in images
+sys.exit(0 if ok else 1)' "$@"
 }
 
 # What the images are built from: a release built from other sources is stale (rebuilt).
 SOURCES=$(find inference_image -type f \( -name '*.py' -o -name 'Dockerfile' -o -name '*.txt' -o -name '*.sh' \) \
   -not -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
 
-release() { # name n_estimators
-  local name="$1" rounds="$2" out="$RELEASES/$1"
-  if [ "${FORCE:-0}" != 1 ] && present "$out" \
+release() { # name n_estimators [extra platform, e.g. linux/arm64]
+  local name="$1" rounds="$2" extra="${3:-}" out="$RELEASES/$1"
+  if [ "${FORCE:-0}" != 1 ] && present "$out" ${extra:+"$extra"} \
      && [ "$(cat "$out/.sources-sha256" 2>/dev/null)" = "$SOURCES" ]; then
     log "$name: present ($out), skipped"
     return 0
@@ -42,7 +51,13 @@ release() { # name n_estimators
   work=$(mktemp -d "$RELEASES/.$name.XXXXXX")
   cli train --data "$DATA" --out "$work/bundle" --skip-evaluation --n-estimators "$rounds" >"$work/train.json"
   cli build --bundle "$work/bundle" --tag "$IMAGE_NAME:molecule-$name" --no-pull >"$work/build.json"
-  cli export --image "$IMAGE_NAME:molecule-$name" --out "$work/export" >/dev/null
+  local images=(--image "$IMAGE_NAME:molecule-$name")
+  if [ -n "$extra" ]; then # the same bundle for another architecture (built under QEMU)
+    local tag="$IMAGE_NAME:molecule-$name-${extra#linux/}"
+    cli build --bundle "$work/bundle" --tag "$tag" --platform "$extra" --no-pull >"$work/build-${extra#linux/}.json"
+    images+=(--image "$tag")
+  fi
+  cli export "${images[@]}" --out "$work/export" >/dev/null
   mv "$work/bundle" "$work/export/bundle"
   echo "$SOURCES" >"$work/export/.sources-sha256"
   [ ! -e "$out" ] || { chmod -R u+w "$out"; rm -rf "$out"; }
@@ -57,7 +72,7 @@ cleanup() { [ -z "$work" ] || { chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"
 trap cleanup EXIT
 release v1 30
 release v2 40
-release v3 50
+release v3 50 linux/arm64
 
 # Sign them with the project's development key (trucks verify the signature before loading;
 # molecule.yml gives them build/keys/release-signing.pub). Idempotent: signed releases stay.

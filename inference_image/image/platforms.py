@@ -2,13 +2,17 @@
 
 Docker says ``linux/arm64``, Debian ``arm64``, the kernel (``uname -m``, Ansible's
 ``ansible_architecture``) ``aarch64``, and pip's wheel tags ``manylinux_2_28_aarch64``: one
-record per architecture keeps them together.
+record per architecture keeps them together. The architectures themselves, and their Debian
+and kernel names, are the collection's (``contract.ARCHITECTURE_MACHINES``): a truck picks its
+image from a release by the same names.
 """
 
 from __future__ import annotations
 
 import platform as host
 from dataclasses import dataclass
+
+from ..contract import ARCHITECTURE_MACHINES, architecture_named
 
 
 @dataclass(frozen=True)
@@ -27,13 +31,13 @@ class Platform:
 AMD64 = Platform(
     "linux/amd64",
     "amd64",
-    "x86_64",
+    ARCHITECTURE_MACHINES["amd64"],
     ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"),
 )
 ARM64 = Platform(
     "linux/arm64",
     "arm64",
-    "aarch64",
+    ARCHITECTURE_MACHINES["arm64"],
     ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64"),
 )
 PLATFORMS = (AMD64, ARM64)
@@ -42,12 +46,15 @@ PLATFORMS = (AMD64, ARM64)
 def platform_named(name: str) -> Platform:
     """The platform for any of its names (linux/arm64, arm64, aarch64); ValueError naming the
     known ones otherwise."""
-    wanted = name.strip().lower()
-    for candidate in PLATFORMS:
-        if wanted in (candidate.name, candidate.debian_arch, candidate.machine):
-            return candidate
     known = ", ".join(candidate.name for candidate in PLATFORMS)
-    raise ValueError(f"unknown platform {name!r}: LinkEdge builds for {known}")
+    try:
+        architecture = architecture_named(name)
+    except ValueError:
+        raise ValueError(f"unknown platform {name!r}: LinkEdge builds for {known}") from None
+    for candidate in PLATFORMS:
+        if candidate.debian_arch == architecture:
+            return candidate
+    raise ValueError(f"no platform record for {architecture}: LinkEdge builds for {known}")
 
 
 def host_platform() -> Platform:

@@ -9,6 +9,9 @@ from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.linkedge.edge.plugins.module_utils.contract import (
+    DEFAULT_ARCHITECTURE,
+)
+from ansible_collections.linkedge.edge.plugins.module_utils.contract import (
     registry_reference as contract_registry_reference,
 )
 
@@ -24,9 +27,15 @@ def registry_reference(release: Mapping, registry: str) -> str:
             "linkedge.edge.registry_reference: name the registry as host:port "
             "(inference_service_registry or image_builder_registry)"
         )
-    return contract_registry_reference(
-        str(registry), str(release.get("image") or ""), str(release["version"])
-    )
+    try:
+        return contract_registry_reference(
+            str(registry),
+            str(release.get("image") or ""),
+            str(release["version"]),
+            str(release.get("architecture") or DEFAULT_ARCHITECTURE),
+        )
+    except ValueError as exc:
+        raise AnsibleFilterError(f"linkedge.edge.registry_reference: {exc}") from None
 
 
 class FilterModule:

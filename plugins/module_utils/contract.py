@@ -153,6 +153,62 @@ MANIFEST_REQUIRED = (
     "bundle_sha256",
 )
 
+# --- architectures: one release, an image per architecture ---------------------------------------
+# A release and an image config name an architecture as Debian and Docker do (arm64); the kernel
+# (uname -m, ansible_architecture, the Docker engine's info) as its machine (aarch64).
+ARCHITECTURE_MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}
+DEFAULT_ARCHITECTURE = "amd64"  # the top-level image of a release, and of one made before arm64
+# The signed manifest's image per architecture: {"arm64": {field: value for IMAGE_FIELDS}};
+# its top-level IMAGE_FIELDS are the DEFAULT_ARCHITECTURE image's (what earlier trucks read),
+# or the first image's in a release without one (an arm64-only fleet's).
+MANIFEST_ARCHITECTURES = "architectures"
+IMAGE_FIELDS = ("image", "image_id", "archive", "archive_sha256", "archive_bytes")
+
+
+def architecture_named(name) -> str:
+    """The release's name (amd64, arm64) for any name of an architecture (linux/arm64, arm64,
+    aarch64, x86_64); ValueError naming the known ones."""
+    wanted = str(name).strip().lower()
+    wanted = wanted[len("linux/") :] if wanted.startswith("linux/") else wanted
+    for architecture, machine in ARCHITECTURE_MACHINES.items():
+        if wanted in (architecture, machine):
+            return architecture
+    known = ", ".join(f"{arch} ({machine})" for arch, machine in ARCHITECTURE_MACHINES.items())
+    raise ValueError(f"unknown architecture {name!r}: LinkEdge releases carry images for {known}")
+
+
+def release_images(manifest: dict) -> dict:
+    """{architecture: its image's IMAGE_FIELDS} of a release manifest; a manifest without
+    MANIFEST_ARCHITECTURES (made before arm64) has one image, DEFAULT_ARCHITECTURE's."""
+    images = manifest.get(MANIFEST_ARCHITECTURES)
+    if isinstance(images, dict) and images:
+        return images
+    return {DEFAULT_ARCHITECTURE: {field: manifest.get(field) for field in IMAGE_FIELDS}}
+
+
+def manifest_for_architecture(manifest: dict, architecture: str):
+    """MANIFEST with its top-level IMAGE_FIELDS those of ARCHITECTURE's image (any name of it),
+    plus ``architecture``: what every later step of a truck of that architecture reads. None
+    when the release has no image for it."""
+    wanted = architecture_named(architecture)
+    image = release_images(manifest).get(wanted)
+    if not isinstance(image, dict):
+        return None
+    chosen = {field: image.get(field) for field in IMAGE_FIELDS}
+    return {**manifest, **chosen, "architecture": wanted}
+
+
+def no_image_message(manifest: dict, architecture: str) -> str:
+    """Why a release cannot go onto a truck of ARCHITECTURE, and what to do."""
+    wanted = architecture_named(architecture)
+    return (
+        f"release {manifest.get('version')} has no image for {wanted} (it has "
+        f"{', '.join(sorted(release_images(manifest)))}): build one from the same bundle "
+        f"(`linkedge-image build --platform linux/{wanted}`) and publish every architecture's "
+        "image as one release (`publish --image ... --image ...`), or give this truck another "
+        "release. Nothing was sent or loaded."
+    )
+
 
 def sha256_file(path, chunk_bytes: int = 1 << 20) -> str:
     """The sha256 (hex) of a file, read in chunks (archives are hundreds of MB)."""
@@ -320,8 +376,10 @@ POINTER_REQUIRED = (
     "manifest_path",
     "published_at",
 )
-# Fields copied from the release's signed manifest, so a truck knows what to fetch before it
-# has the manifest (the manifest stays the record the truck verifies and uses).
+# Fields copied from the release's signed manifest's top level (the amd64 image of a release
+# with several architectures), for readers of the channel; a truck fetches the manifest and
+# takes its own architecture's image from it (the manifest stays the record it verifies and
+# uses).
 POINTER_FROM_MANIFEST = (
     "image",
     "image_id",
@@ -347,10 +405,21 @@ def registry_repository(image: str) -> str:
     return head if colon and "/" not in tail else image or IMAGE_REPOSITORY
 
 
-def registry_reference(registry: str, image: str, version: str) -> str:
-    """``<registry>/<repository>:<version>``: where CI pushes a release's image and where a
+def registry_reference(
+    registry: str, image: str, version: str, architecture: str = DEFAULT_ARCHITECTURE
+) -> str:
+    """``<registry>/<repository>:<version>`` (``:<version>-<architecture>`` for another
+    architecture than the default: ``-arm64``): where CI pushes a release's image and where a
     truck's engine pulls it from (one name for both, so they cannot disagree)."""
-    return f"{registry.rstrip('/')}/{registry_repository(image)}:{version}"
+    tag = image_tag(version, architecture)
+    return f"{registry.rstrip('/')}/{registry_repository(image)}:{tag}"
+
+
+def image_tag(version: str, architecture: str = DEFAULT_ARCHITECTURE) -> str:
+    """A release image's tag: its version, with ``-<architecture>`` for any architecture but
+    the default (``v1``, ``v1-arm64``): the builder's tags and the registry's agree."""
+    architecture = architecture_named(architecture)
+    return version if architecture == DEFAULT_ARCHITECTURE else f"{version}-{architecture}"
 
 
 # Where `linkedge-image publish --releases <depot>/releases` puts a release in a depot (a truck

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 import re
@@ -23,6 +24,21 @@ def normalize_sha256(text: str) -> str:
     if not re.fullmatch(r"[0-9a-f]{64}", token):
         raise ArchiveError(f"{text!r} is not a sha256 digest (64 hexadecimal characters)")
     return token
+
+
+def chain_ids(diff_ids: list) -> list:
+    """The chain ID of each layer of an image (Docker's and OCI's ChainID): the first layer's
+    is its diff ID, each next one sha256("<chain ID below> <diff ID>"). An engine holds a
+    layer *on top of the same layers* only when it holds its chain ID: the same bytes (diff ID)
+    on other layers below are another layer to `docker load`."""
+    chains: list = []
+    for diff_id in diff_ids:
+        if not chains:
+            chains.append(diff_id)
+        else:
+            below = chains[-1]
+            chains.append("sha256:" + hashlib.sha256(f"{below} {diff_id}".encode()).hexdigest())
+    return chains
 
 
 def normalize_image_id(text: str) -> str:

@@ -68,6 +68,7 @@ REASON_UNKNOWN_KEY = "unknown_key"  # signed by a key that is not trusted
 REASON_REVOKED_KEY = "revoked_key"  # signed by (or naming) a revoked key
 REASON_BAD_TRUST = "bad_trust"  # the trusted keys or revoked ids given are unusable
 REASON_MANIFEST_MISMATCH = "manifest_mismatch"  # not the manifest the channel pointer names
+REASON_NO_ARCHITECTURE = "no_architecture"  # the release has no image for the truck's architecture
 
 
 class ReleaseRefused(Exception):

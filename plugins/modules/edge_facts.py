@@ -65,6 +65,15 @@ ansible_facts:
           type: str
           returned: always
           sample: 20.10.24+dfsg1
+        architecture:
+          description:
+            - The architecture the truck's Docker engine runs images for, as a release names it
+              (V(amd64), V(arm64)); the engine's own name (for example V(armv7l), V(riscv64))
+              when LinkEdge builds no image for it. C(linkedge.edge.release_for) and
+              C(linkedge.edge.release_verify) choose the release's image with it.
+          type: str
+          returned: always
+          sample: arm64
         docker_sdk_version:
           description: Version of the Docker SDK for Python on the target.
           type: str
@@ -113,8 +122,16 @@ ansible_facts:
           type: int
           returned: always
         layers:
-          description: The layer diff IDs the engine holds in LinkEdge images (what a delta
-            transfer, C(linkedge.edge.image_delta), need not send).
+          description: The layer diff IDs the engine holds in LinkEdge images.
+          type: list
+          elements: str
+          returned: always
+        chains:
+          description:
+            - The chain IDs of those layers (each layer with the layers below it), which a delta
+              transfer need not send (O(linkedge.edge.image_delta#module:have_chains)). The
+              same layer bytes on other layers below (the model layer of an amd64 and of an
+              arm64 image) are another chain.
           type: list
           elements: str
           returned: always
@@ -125,11 +142,14 @@ ansible_facts:
           returned: always
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.linkedge.edge.plugins.module_utils.contract import (
     DEFAULT_SERVICE_NAME,
     LABEL_BUNDLE_SHA256,
     LABEL_MODEL_VERSION,
+    architecture_named,
     previous_name,
 )
 from ansible_collections.linkedge.edge.plugins.module_utils.disk_space import free_bytes
@@ -140,6 +160,7 @@ from ansible_collections.linkedge.edge.plugins.module_utils.docker_client import
     get_docker_client,
     sdk_version,
 )
+from ansible_collections.linkedge.edge.plugins.module_utils.image_archive import chain_ids
 from ansible_collections.linkedge.edge.plugins.module_utils.outcome import (
     DEFAULT_STATE_FILE,
     read_state,
@@ -211,6 +232,15 @@ def image_facts(client) -> list[dict]:
     ]
 
 
+def engine_architecture(info: dict) -> str:
+    """The engine's architecture as a release names it (its own name when LinkEdge has none)."""
+    machine = info.get("Architecture") or os.uname().machine
+    try:
+        return architecture_named(machine)
+    except ValueError:
+        return machine
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
@@ -223,14 +253,17 @@ def main() -> None:
     client = get_docker_client(module)
     try:
         images = image_facts(client)
+        info = client.info()
         facts = {
+            "architecture": engine_architecture(info),
             "docker_version": client.version().get("Version"),
             "docker_sdk_version": sdk_version(),
             "serving": serving_facts(find_container(client, name)),
             "previous": previous_facts(client, find_container(client, previous_name(name))),
             "images": images,
-            "docker_root_free_bytes": free_bytes(client.info().get("DockerRootDir")),
+            "docker_root_free_bytes": free_bytes(info.get("DockerRootDir")),
             "layers": sorted({layer for image in images for layer in image["layers"]}),
+            "chains": sorted({c for image in images for c in chain_ids(image["layers"])}),
             "last_outcome": read_state(module.params["state_file"]),
         }
     except DockerException as exc:

@@ -42,11 +42,23 @@ options:
         a delta is written or anything is sent; check the loaded image ID against it as well.
     type: str
   have_layers:
-    description: Diff IDs (C(sha256:...)) of every layer the target already has
-      (C(docker image inspect) C(RootFS.Layers) of its images).
+    description:
+      - Diff IDs (C(sha256:...)) of every layer the target already has
+        (C(docker image inspect) C(RootFS.Layers) of its images).
+      - A diff ID alone does not say which layers sit below it, so only the image's lowest
+        layers held in a row are dropped. Prefer O(have_chains).
     type: list
     elements: str
     default: []
+  have_chains:
+    description:
+      - Chain IDs of every layer the target already has (C(linkedge.edge.edge_facts)
+        C(chains)). A layer is dropped only when the target holds it on top of the same layers,
+        as C(docker load) needs. When given, O(have_layers) is not used.
+    type: list
+    elements: str
+    default: []
+    version_added: 0.6.0
   cache_dir:
     description: Directory for the delta archives.
     type: path
@@ -84,7 +96,7 @@ EXAMPLES = r"""
   linkedge.edge.image_delta:
     archive: /srv/releases/v2/linkedge_aps-classifier_v2.tar
     archive_sha256: "{{ release.sha256 }}"
-    have_layers: "{{ truck_layers }}"
+    have_chains: "{{ ansible_facts.linkedge.chains }}"
     cache_dir: /srv/rollout-cache
   delegate_to: localhost
   register: delta
@@ -161,6 +173,7 @@ from ansible_collections.linkedge.edge.plugins.module_utils.disk_space import (
     load_need,
     read_archive,
 )
+from ansible_collections.linkedge.edge.plugins.module_utils.image_archive import chain_ids
 
 
 def _read_member(tar: tarfile.TarFile, name: str) -> bytes:
@@ -178,8 +191,12 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def plan(archive: str, have: set[str]) -> tuple[dict, list[str], list[str]]:
-    """Return (manifest entry, layer members to keep, layer members to drop)."""
+def plan(
+    archive: str, have: set[str], have_chains: set[str] | None = None
+) -> tuple[dict, list[str], list[str]]:
+    """Return (manifest entry, layer members to keep, layer members to drop). With HAVE_CHAINS,
+    a layer is dropped when the target holds its chain ID; otherwise (diff IDs only) the
+    lowest layers held in a row."""
     with tarfile.open(archive, "r:") as tar:
         manifest = json.loads(_read_member(tar, "manifest.json"))
         if len(manifest) != 1:
@@ -190,9 +207,14 @@ def plan(archive: str, have: set[str]) -> tuple[dict, list[str], list[str]]:
     layers = entry["Layers"]
     if len(diff_ids) != len(layers):
         raise ValueError("manifest.json Layers and the config's diff_ids differ in length")
-    pairs = list(zip(layers, diff_ids))  # noqa: B905 - lengths checked above (Python 3.8: no strict)
-    keep = [layer for layer, diff in pairs if diff not in have]
-    drop = [layer for layer, diff in pairs if diff in have]
+    if have_chains:
+        held = [chain in have_chains for chain in chain_ids(diff_ids)]
+    else:
+        held = []
+        for diff_id in diff_ids:
+            held.append(diff_id in have and all(held))
+    keep = [layer for layer, dropped in zip(layers, held) if not dropped]  # noqa: B905
+    drop = [layer for layer, dropped in zip(layers, held) if dropped]  # noqa: B905
     return entry, keep, drop
 
 
@@ -220,17 +242,19 @@ def write_delta(archive: str, drop: set[str], dest: str) -> None:
             os.unlink(tmp)
 
 
-def space_check(module: AnsibleModule, archive: str, drop: set, have: set, result: dict) -> None:
+def space_check(module: AnsibleModule, archive: str, drop: set, result: dict) -> None:
     """Refuse (or in check mode report) a target without room for loading what is sent."""
     try:
         sizes, layers, diff_ids = read_archive(archive)
     except (OSError, ValueError, KeyError, tarfile.TarError) as exc:
         module.fail_json(msg=f"cannot read {archive}: {exc}: export it again", **result)
     sent = {name: size for name, size in sizes.items() if name not in drop}
+    # The engine stores every layer sent; the dropped ones it holds already.
+    held = {diff_id for layer, diff_id in zip(layers, diff_ids) if layer in drop}  # noqa: B905
     verdict = check_space(
         module.params["docker_root"],
         module.params["free_bytes"],
-        load_need(sent, layers, diff_ids, have),
+        load_need(sent, layers, diff_ids, held),
         module.params["min_free"],
     )
     result["disk_space"] = verdict
@@ -249,6 +273,7 @@ def main() -> None:
             archive=dict(type="path", required=True),
             archive_sha256=dict(type="str", required=True),
             have_layers=dict(type="list", elements="str", default=[]),
+            have_chains=dict(type="list", elements="str", default=[]),
             cache_dir=dict(type="path", required=True),
             image_id=dict(type="str"),
             free_bytes=dict(type="int"),
@@ -260,7 +285,7 @@ def main() -> None:
     archive = module.params["archive"]
     have = set(module.params["have_layers"])
     try:
-        entry, keep, drop = plan(archive, have)
+        entry, keep, drop = plan(archive, have, set(module.params["have_chains"]))
     except (OSError, ValueError, KeyError, tarfile.TarError) as exc:
         module.fail_json(
             msg=f"cannot read {archive} as a docker save archive: {exc}: export it again"
@@ -279,7 +304,7 @@ def main() -> None:
         would_fail=False,
     )
     if module.params["free_bytes"] is not None:
-        space_check(module, archive, set(drop), have, result)
+        space_check(module, archive, set(drop), result)
     if not drop:
         module.exit_json(
             path=archive,

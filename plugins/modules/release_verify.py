@@ -25,6 +25,11 @@ description:
   - Checked against the signed manifest when given, in this order and before anything else
     reads them, O(archive) (size and sha256 against C(archive_bytes) and C(archive_sha256)) and
     O(bundle_dir) (C(SHA256SUMS) against C(bundle_sha256), then every file it lists).
+  - With O(architecture), the signed manifest is returned as a truck of that architecture reads
+    it - its C(image), C(image_id), C(archive), C(archive_sha256) and C(archive_bytes) those of
+    that architecture's image (the manifest's C(architectures)) - and O(archive) is checked
+    against that image; a release without an image for it is refused. C(linkedge.edge.release_for)
+    chooses on the controller with the same code.
   - Any mismatch fails with a message saying what was wrong and what to do. The module only
     reads files, so it verifies in check mode too.
 options:
@@ -46,12 +51,19 @@ options:
   bundle_dir:
     description: Path on the target of the release's model bundle directory (C(bundle/)).
     type: path
+  architecture:
+    description:
+      - The truck's architecture, by any of its names (V(aarch64), V(arm64), V(linux/arm64),
+        V(x86_64), V(amd64)); C(linkedge.edge.edge_facts) returns its Docker engine's.
+      - Without it, the manifest's top-level image (amd64) is the one returned and checked.
+    type: str
 extends_documentation_fragment:
   - linkedge.edge.trust
 notes:
   - Every refusal is a failure whose C(msg) says what was wrong and what to do, and whose
     C(reason) says it for machines - V(missing), V(malformed), V(bad_signature),
-    V(unknown_key), V(revoked_key), V(bad_trust), V(manifest_mismatch) or V(altered).
+    V(unknown_key), V(revoked_key), V(bad_trust), V(manifest_mismatch), V(no_architecture) or
+    V(altered).
   - In check mode a manifest, signature or archive that is not on the target yet (not copied
     because the copy task ran in check mode too) only gives a warning and RV(verified=false).
 seealso:
@@ -86,6 +98,13 @@ EXAMPLES = r"""
       - 9b2e5c1d0f3a4b6c8d7e9f0a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4
     manifest_sha256: "{{ pointer.manifest_sha256 }}"
 
+- name: Verify the release and choose this arm64 truck's image from it
+  linkedge.edge.release_verify:
+    manifest: /var/lib/linkedge/releases/aps-xgb-1234/manifest.json
+    public_key: "{{ lookup('ansible.builtin.file', 'keys/release-signing.pub') }}"
+    architecture: "{{ ansible_facts.linkedge.architecture }}"
+  register: verified
+
 - name: Load what the signed manifest names
   linkedge.edge.image_load:
     archive: /var/tmp/linkedge/{{ verified.manifest.archive }}
@@ -119,7 +138,8 @@ reason:
   sample: revoked_key
 manifest:
   description: The signed manifest (version, image, image_id, archive, archive_sha256,
-    archive_bytes, bundle_sha256, files, ...); empty when not verified.
+    archive_bytes, bundle_sha256, files, architectures, ...), with O(architecture) that
+    architecture's image fields and C(architecture); empty when not verified.
   returned: always
   type: dict
 manifest_sha256:
@@ -131,8 +151,13 @@ version:
   returned: when verified
   type: str
 image_id:
-  description: The signed image ID (C(sha256:...)) the archive must produce.
+  description: The signed image ID (C(sha256:...)) the archive must produce (of
+    O(architecture)'s image, when given).
   returned: when verified
+  type: str
+architecture:
+  description: The architecture whose image was chosen (V(amd64), V(arm64)).
+  returned: when verified with O(architecture)
   type: str
 archive_sha256:
   description: The archive's sha256, when O(archive) was checked.
@@ -148,10 +173,16 @@ bundle_files:
 import os
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.linkedge.edge.plugins.module_utils.contract import (
+    manifest_for_architecture,
+    no_image_message,
+)
 from ansible_collections.linkedge.edge.plugins.module_utils.release_signature import (
     CRYPTOGRAPHY_IMPORT_ERROR,
     HAS_CRYPTOGRAPHY,
+    REASON_MALFORMED,
     REASON_MISSING,
+    REASON_NO_ARCHITECTURE,
     TRUST_ARGUMENT_SPEC,
     ReleaseRefused,
     check_manifest_digest,
@@ -177,6 +208,17 @@ def not_copied_yet(module: AnsibleModule, paths: list, trusted: list) -> None:
         )
 
 
+def for_architecture(manifest: dict, architecture: str) -> dict:
+    """The signed manifest as a truck of ARCHITECTURE reads it (contract), or refused."""
+    try:
+        chosen = manifest_for_architecture(manifest, architecture)
+    except ValueError as exc:
+        raise ReleaseRefused(f"architecture: {exc}", REASON_MALFORMED) from None
+    if chosen is None:
+        raise ReleaseRefused(no_image_message(manifest, architecture), REASON_NO_ARCHITECTURE)
+    return chosen
+
+
 def verify(module: AnsibleModule) -> dict:
     params = module.params
     manifest_path = params["manifest"]
@@ -187,6 +229,8 @@ def verify(module: AnsibleModule) -> dict:
     manifest, manifest_sha256, key = verify_signature(manifest_path, signature_path, trust)
     if params["manifest_sha256"]:
         check_manifest_digest(manifest_path, manifest_sha256, params["manifest_sha256"])
+    if params["architecture"]:
+        manifest = for_architecture(manifest, params["architecture"])
     result = dict(
         changed=False,
         verified=True,
@@ -197,6 +241,8 @@ def verify(module: AnsibleModule) -> dict:
         version=manifest["version"],
         image_id=manifest["image_id"],
     )
+    if params["architecture"]:
+        result["architecture"] = manifest["architecture"]
     if params["archive"]:
         if not os.path.isfile(params["archive"]):
             raise ReleaseRefused(
@@ -217,6 +263,7 @@ def main() -> None:
             manifest_sha256=dict(type="str"),
             archive=dict(type="path"),
             bundle_dir=dict(type="path"),
+            architecture=dict(type="str"),
             **TRUST_ARGUMENT_SPEC,
         ),
         mutually_exclusive=[("public_key", "public_key_path")],

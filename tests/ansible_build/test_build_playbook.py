@@ -24,10 +24,16 @@ BIN = Path(sys.executable).parent  # the venv's ansible-playbook, whatever PATH 
 DEV_PUBLIC_KEY = REPO / "build" / "keys" / "release-signing.pub"
 
 
+# The platforms every run builds (set by the `releases` fixture): the role's defaults, or
+# amd64 alone where QEMU cannot run arm64 code. The same in every run, so "same inputs" holds.
+PLATFORMS: dict[str, list[str]] = {}
+
+
 def run_build(releases: Path, work: Path, **extra_vars) -> subprocess.CompletedProcess:
     variables = {
         "image_builder_releases_dir": str(releases),
         "image_builder_work_dir": str(work),
+        **PLATFORMS,
         **extra_vars,
     }
     return subprocess.run(
@@ -41,7 +47,7 @@ def run_build(releases: Path, work: Path, **extra_vars) -> subprocess.CompletedP
         },
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1800,  # the first run builds the arm64 image under emulation too
     )
 
 
@@ -56,10 +62,24 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def emulation_refused() -> str | None:
+    """Why this machine cannot run arm64 code under QEMU (ensure-binfmt.sh's one line), or
+    None when it can: the role's default platforms then include linux/arm64."""
+    script = REPO / "inference_image" / "image" / "ensure-binfmt.sh"
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    if done.returncode == 3:
+        return done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 0, done.stderr
+    return None
+
+
 @pytest.fixture(scope="module")
 def releases(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("build")
     started = time.monotonic()
+    refused = emulation_refused()
+    # The role's defaults (amd64 and arm64) where QEMU runs; amd64 alone where it cannot.
+    PLATFORMS.update({"image_builder_platforms": ["linux/amd64"]} if refused else {})
     result = run_build(root / "releases", root / "work")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     return {
@@ -67,6 +87,7 @@ def releases(tmp_path_factory) -> dict:
         "work": root / "work",
         "first_run": result,
         "seconds": time.monotonic() - started,
+        "emulation_refused": refused,
     }
 
 
@@ -110,11 +131,9 @@ def test_the_release_is_signed_and_its_manifest_covers_every_file(releases):
     record = json.loads((release / "manifest.json.sig").read_text())
     assert record["algorithm"] == "ed25519" and record["key_id"] == signing.key_id(public_key)
     listed = {path.relative_to(release).as_posix() for path in release.rglob("*") if path.is_file()}
-    assert set(manifest["files"]) == listed - {
-        manifest["archive"],
-        "manifest.json",
-        "manifest.json.sig",
-    }
+    archives = {image["archive"] for image in manifest["architectures"].values()}
+    assert manifest["archive"] in archives
+    assert set(manifest["files"]) == listed - archives - {"manifest.json", "manifest.json.sig"}
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((release / name).read_bytes()).hexdigest() == digest, name
     assert manifest["files"]["bundle/SHA256SUMS"] == manifest["bundle_sha256"]
@@ -122,6 +141,44 @@ def test_the_release_is_signed_and_its_manifest_covers_every_file(releases):
     assert private_key.stat().st_mode & 0o777 == 0o600
     ignored = subprocess.run(["git", "check-ignore", "-q", str(private_key)], cwd=REPO)
     assert ignored.returncode == 0, "the signing key must be git-ignored"
+
+
+def _saved_config(archive: Path) -> bytes:
+    """A docker save archive's image config, as stored (its sha256 is the image ID)."""
+    import tarfile
+
+    with tarfile.open(archive) as saved:
+        (manifest,) = json.loads(saved.extractfile("manifest.json").read())
+        return saved.extractfile(manifest["Config"]).read()
+
+
+def test_one_signed_release_carries_an_amd64_and_an_arm64_image(releases):
+    """The role's default platforms: both images from one bundle, each smoke-tested as a truck
+    runs it (arm64 under emulation), one signed manifest naming both, the same model layer."""
+    if releases["emulation_refused"]:
+        pytest.skip(f"no arm64 image here: {releases['emulation_refused']}")
+    release = (releases["root"] / "current").resolve()
+    manifest = json.loads((release / "manifest.json").read_text())
+    images = manifest["architectures"]
+    assert sorted(images) == ["amd64", "arm64"]
+    assert {key: manifest[key] for key in images["amd64"]} == images["amd64"]  # top level
+    assert images["arm64"]["image"] == images["amd64"]["image"] + "-arm64"
+    layers = {}
+    for architecture, image in images.items():
+        archive = release / image["archive"]
+        assert archive.stat().st_size == image["archive_bytes"]
+        assert hashlib.sha256(archive.read_bytes()).hexdigest() == image["archive_sha256"]
+        config_bytes = _saved_config(archive)
+        assert "sha256:" + hashlib.sha256(config_bytes).hexdigest() == image["image_id"]
+        config = json.loads(config_bytes)
+        assert config["architecture"] == architecture
+        layers[architecture] = config["rootfs"]["diff_ids"]
+    assert layers["amd64"][-1] == layers["arm64"][-1], "the model layer differs"
+    assert layers["amd64"][:-1] != layers["arm64"][:-1]  # the code below it is each its own
+    output = releases["first_run"].stdout
+    assert output.count("Smoke | Probe it on its service port") == len(images)
+    for image in images.values():
+        assert f"smoke.yml for localhost => (item={image['image']})" in output, image["image"]
 
 
 def test_same_inputs_make_no_new_release(releases):
@@ -388,3 +445,10 @@ def test_registry_round_trip_into_a_clean_engine(releases, registry, clean_engin
         f"{registry}/linkedge/aps-classifier", tag=manifest["version"]
     )
     assert pulled.id == manifest["image_id"]
+    if "arm64" in manifest["architectures"]:  # pushed under the tag an arm64 truck pulls
+        pulled = clean_engine.images.pull(
+            f"{registry}/linkedge/aps-classifier",
+            tag=f"{manifest['version']}-arm64",
+            platform="linux/arm64",
+        )
+        assert pulled.id == manifest["architectures"]["arm64"]["image_id"]

@@ -96,3 +96,41 @@ def test_not_an_image_archive_fails_with_advice(tmp_path):
         {"archive": str(bogus), "archive_sha256": "0" * 64, "cache_dir": str(tmp_path)},
     )
     assert run.failed and "docker save archive" in run["msg"]
+
+
+def _chains(*layers: bytes) -> list[str]:
+    """Docker's chain IDs, computed here independently of the module."""
+    chains = [_diff_id(layers[0])]
+    for data in layers[1:]:
+        below = chains[-1]
+        chains.append("sha256:" + hashlib.sha256(f"{below} {_diff_id(data)}".encode()).hexdigest())
+    return chains
+
+
+def _run(archive, tmp_path, **have):
+    path, digest = archive
+    args = {"archive": str(path), "archive_sha256": digest, "cache_dir": str(tmp_path / "c")}
+    run = run_module("image_delta", {**args, **have})
+    assert not run.failed, run.result
+    return run, _members(run["path"])
+
+
+def test_with_chains_a_layer_is_dropped_only_on_the_same_layers_below(archive, tmp_path):
+    """The same model bytes on another image's layers (an arm64 image of the same bundle) is
+    not a layer docker load can reuse: it is sent."""
+    other_arch = _chains(b"b" * 4096, b"d" * 2048, LAYERS["model"])  # same model, other below
+    run, names = _run(archive, tmp_path, have_chains=other_arch)
+    assert run["full"] is True and run["layers_sent"] == 3, run.result
+    same_below = _chains(LAYERS["base"], LAYERS["deps"])  # an older model on the same layers
+    run, names = _run(archive, tmp_path, have_chains=same_below)
+    assert run["layers_sent"] == 1 and names >= {"model/layer.tar"}
+    assert not names & {"base/layer.tar", "deps/layer.tar"}
+
+
+def test_with_diff_ids_only_the_lowest_layers_held_in_a_row_are_dropped(archive, tmp_path):
+    """Held diff IDs that do not start at the image's lowest layer say nothing of what lies
+    below them: base missing, so deps and model are sent although their diff IDs are held."""
+    run, _ = _run(
+        archive, tmp_path, have_layers=[_diff_id(LAYERS["deps"]), _diff_id(LAYERS["model"])]
+    )
+    assert run["full"] is True and run["layers_sent"] == 3, run.result

@@ -338,3 +338,80 @@ def test_image_delta_refuses_an_archive_holding_another_image_than_the_signed_on
         f"{archive} holds image sha256:{config_id}, the signed manifest says sha256:{'0' * 64}: "
         "the archive was altered or belongs to another release; republish the release"
     )
+
+
+ARM64_ARCHIVE = "linkedge_aps-classifier_aps-test-1-arm64.tar"
+
+
+@pytest.fixture
+def two_architectures(tmp_path, keys) -> SignedRelease:
+    """A signed release with an amd64 and an arm64 image (what `publish --image A --image B`
+    writes): the top-level image is the amd64 one, ``architectures`` names both."""
+    path = tmp_path / "release"
+    path.mkdir()
+    images = {}
+    for architecture, name, fill in (("amd64", ARCHIVE, "1"), ("arm64", ARM64_ARCHIVE, "2")):
+        archive = os.urandom(32 * 1024)
+        (path / name).write_bytes(archive)
+        images[architecture] = {
+            "image": f"linkedge/aps-classifier:aps-test-1{'-arm64' if fill == '2' else ''}",
+            "image_id": "sha256:" + fill * 64,
+            "archive": name,
+            "archive_sha256": hashlib.sha256(archive).hexdigest(),
+            "archive_bytes": len(archive),
+        }
+    bundle = load_bundle(
+        write_bundle(path / "bundle", b'{"model": 1}', list(APS_FEATURES), CARD, SMOKE)
+    )
+    exported = {
+        "name": "aps-classifier",
+        "version": bundle.version,
+        "bundle_sha256": bundle.sha256,
+        **images["amd64"],
+        "architectures": images,
+    }
+    (path / "manifest.json").write_text(json.dumps(exported))
+    sign_release(path, keys.private_key)
+    return SignedRelease(path, keys, json.loads((path / "manifest.json").read_text()))
+
+
+@pytest.mark.parametrize("name", ["aarch64", "arm64", "linux/arm64"])
+def test_an_arm64_truck_gets_the_arm64_image_checked_against_its_archive(two_architectures, name):
+    release = two_architectures
+    result = _run(release.args(architecture=name, archive=str(release.path / ARM64_ARCHIVE)))
+    assert not result.failed, result.result
+    arm64 = release.manifest["architectures"]["arm64"]
+    assert result["architecture"] == "arm64"
+    assert result["image_id"] == arm64["image_id"] == "sha256:" + "2" * 64
+    assert result["manifest"]["archive"] == ARM64_ARCHIVE
+    assert result["manifest"]["image"].endswith("-arm64")
+    assert result["archive_sha256"] == arm64["archive_sha256"]
+
+
+def test_an_amd64_truck_gets_the_top_level_image(two_architectures):
+    result = _run(two_architectures.args(architecture="x86_64"))
+    assert not result.failed, result.result
+    assert result["architecture"] == "amd64" and result["image_id"] == "sha256:" + "1" * 64
+    assert result["manifest"]["archive"] == ARCHIVE
+
+
+def test_the_amd64_archive_is_refused_for_an_arm64_truck(two_architectures):
+    """The archive is checked against the chosen architecture's digest: the other image's
+    archive (sent by mistake) does not pass."""
+    result = _run(two_architectures.args(architecture="aarch64"))  # archive: the amd64 one
+    assert result.failed and result["reason"] == "altered", result.result
+
+
+def test_a_release_without_the_trucks_architecture_is_refused(release):
+    """A release made before arm64 (no ``architectures``) has only an amd64 image."""
+    result = _run(release.args(architecture="aarch64", archive=None))
+    assert result.failed and result["reason"] == "no_architecture", result.result
+    assert "has no image for arm64 (it has amd64)" in result["msg"]
+    assert "--platform linux/arm64" in result["msg"]
+    assert "Nothing was sent or loaded" in result["msg"]
+
+
+def test_an_unknown_architecture_is_refused_naming_the_known_ones(two_architectures):
+    result = _run(two_architectures.args(architecture="riscv64"))
+    assert result.failed and result["reason"] == "malformed", result.result
+    assert "amd64 (x86_64), arm64 (aarch64)" in result["msg"]

@@ -26,4 +26,4 @@ def test_a_recorded_absolute_path_is_written_relative_to_the_repository(tmp_path
     page = load_figures_script().render(tmp_path)
     assert str(tmp_path) not in page
     assert "build/mqtt-retrain/bundle accepted" in page
-    assert "`make test-arm64`" in page  # what writes that file, not `make test`
+    assert "`make test-arm64`" not in page  # `make test` writes it now

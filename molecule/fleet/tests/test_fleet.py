@@ -293,3 +293,66 @@ def test_rollback_returns_the_fleet_to_v1_without_transfer():
         "longest_gap_seconds": {t: round(g, 2) for t, g in prober.longest_gap.items()},
     }
     no_failed_request(prober, "prober_rollback")
+
+
+ARM64_TRUCK = "fleet-truck-4"
+
+
+@pytest.fixture
+def arm64_truck():
+    """fleet-truck-4 declared arm64 in the inventory (host_vars). A real arm64 truck needs no
+    such line: the role takes the architecture its Docker engine reports (edge_facts). These
+    simulated trucks are x86_64 containers; their engines run the arm64 image under the host's
+    QEMU (binfmt_misc with the F flag is the kernel's, so the trucks' engines have it too)."""
+    path = EPHEMERAL / "inventory" / "host_vars" / f"{ARM64_TRUCK}.yml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("inference_service_architecture: arm64\n")
+    yield ARM64_TRUCK
+    path.unlink()
+
+
+def in_truck_docker(truck: str, *args: str) -> str:
+    """`docker ARGS` run by the truck's own engine."""
+    done = subprocess.run(
+        ["docker", "exec", truck, "docker", *args], capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+def test_a_release_without_arm64_is_refused_on_an_arm64_truck_that_keeps_serving(arm64_truck):
+    v1 = release("v1")["version"]
+    rc, seconds, report, output = playbook(
+        "rollout.yml", "-e", "model_version=v2", "--limit", arm64_truck
+    )
+    assert rc != 0, output
+    record = report["trucks"][arm64_truck]
+    assert record["outcome"] == "failed", report
+    assert "has no image for arm64 (it has amd64)" in record["reason"], record
+    assert not record.get("bytes_transferred"), record
+    assert serving(arm64_truck) == v1
+    FIGURES["arm64_refused"] = {"seconds": round(seconds, 1), "reason": record["reason"]}
+
+
+def test_a_mixed_fleet_gets_each_truck_its_architectures_image(arm64_truck):
+    """One release with an amd64 and an arm64 image (v3), one rollout: every truck serves v3,
+    each from the image of its architecture, the arm64 one running arm64 code."""
+    v3 = release("v3")
+    images = v3["architectures"]
+    assert sorted(images) == ["amd64", "arm64"]
+    rc, seconds, report, output = playbook("rollout.yml", "-e", "model_version=v3")
+    assert rc == 0, output
+    assert {t: r["outcome"] for t, r in report["trucks"].items()} == dict.fromkeys(
+        TRUCKS, "updated"
+    ), report
+    assert {t: serving(t) for t in TRUCKS} == dict.fromkeys(TRUCKS, v3["version"])
+    for truck in TRUCKS:
+        architecture = "arm64" if truck == arm64_truck else "amd64"
+        image_id = in_truck_docker(truck, "inspect", "-f", "{{.Image}}", "linkedge-inference")
+        assert image_id == images[architecture]["image_id"], (truck, architecture)
+        machine = in_truck_docker(truck, "exec", "linkedge-inference", "uname", "-m")
+        assert machine == ("aarch64" if architecture == "arm64" else "x86_64"), truck
+    FIGURES["mixed_fleet_v3"] = {
+        "seconds": round(seconds, 1),
+        "bytes_transferred": {t: r.get("bytes_transferred") for t, r in report["trucks"].items()},
+        "archive_bytes": {arch: image["archive_bytes"] for arch, image in images.items()},
+    }
