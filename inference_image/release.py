@@ -139,11 +139,17 @@ def current_release(releases: Path) -> dict[str, Any] | None:
     return json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
 
 
+def image_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The top-level image (what earlier trucks read) and every architecture's, each once:
+    the top level is usually the amd64 entry itself (same archive, digest and size)."""
+    entries = [manifest, *release_images(manifest).values()]
+    key = ("archive", "archive_sha256", "archive_bytes")
+    return list({tuple(entry.get(name) for name in key): entry for entry in entries}.values())
+
+
 def archives(manifest: dict[str, Any]) -> list[str]:
     """The archive of every architecture's image of a release (the top-level one first)."""
-    names = [manifest["archive"]]
-    names += [image.get("archive") for image in release_images(manifest).values()]
-    return list(dict.fromkeys(name for name in names if name))
+    return list(dict.fromkeys(e["archive"] for e in image_entries(manifest) if e.get("archive")))
 
 
 def release_files(release_dir: Path, manifest: dict[str, Any]) -> dict[str, str]:
@@ -189,7 +195,7 @@ def release_present(release_dir: Path, with_bundle: bool = False, signed: bool =
         manifest = json.loads((release_dir / MANIFEST).read_text())
         archive_complete = all(
             (release_dir / image["archive"]).stat().st_size == image["archive_bytes"]
-            for image in [manifest, *release_images(manifest).values()]
+            for image in image_entries(manifest)
         )
     except (OSError, ValueError, KeyError, TypeError):
         return False
@@ -236,8 +242,7 @@ def complete_manifest(
 def check_release_files(release_dir: Path, manifest: dict[str, Any]) -> None:
     """Every file the manifest names has the digest it says (so only what matches is signed)."""
     release_dir = Path(release_dir)
-    # The top level (what earlier trucks read) and every architecture's image, each checked.
-    for image in [manifest, *release_images(manifest).values()]:
+    for image in image_entries(manifest):
         archive = release_dir / image["archive"]
         if not archive.is_file():
             raise ReleaseError(f"{archive} is missing: the release is incomplete")

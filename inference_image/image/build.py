@@ -87,6 +87,7 @@ def build_image(
     or when the image's config does not name PLATFORM's architecture."""
     platform = platform or host_platform()
     bundle = load_bundle(bundle_dir)  # refuses a tampered bundle before anything is built
+    layer = model_layer(bundle.path)  # read now, as verified (a build can take minutes)
     if platform != host_platform():
         ensure_emulation(platform)
     client = client or docker.from_env(timeout=600)
@@ -129,7 +130,7 @@ def build_image(
             client,
             tag,
             platform,
-            layer=model_layer(bundle.path),
+            layer=layer,
             layer_comment=f"linkedge: model {bundle.version} in {BUNDLE_DIR} "
             f"(bundle {bundle.sha256})",
         )
