@@ -5,7 +5,7 @@ same bundle built twice, or for two architectures, gave two layers. This one is 
 the bundle's bytes only: entries in name order, owner root, directories 0555, files 0444, every
 time FIXED_MTIME, no extended headers. So the amd64 and arm64 images of a release share one
 model layer (one diff ID): a model-only update sends the same bytes to every truck, whatever
-its architecture, and a rebuild of an unchanged bundle changes no layer.
+its architecture, and a rebuild of an unchanged bundle gives the same model layer.
 """
 
 from __future__ import annotations

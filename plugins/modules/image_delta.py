@@ -11,12 +11,13 @@ module: image_delta
 short_description: Build the part of an image archive that a host lacks (on the controller)
 version_added: 0.2.0
 description:
-  - Reads a C(docker save) archive O(archive) and drops the layer tarballs whose diff ID (the
-    config's C(rootfs.diff_ids), same index as C(manifest.json) C(Layers)) is in O(have_layers),
-    i.e. layers the target engine already holds. C(docker load) of such a delta on that engine
-    gives the same image ID as the full archive (the engine checks every loaded layer against the
-    config's diff IDs, and the image ID is the config's digest); check the loaded image ID against
-    the release's C(image_id) after loading.
+  - Reads a C(docker save) archive O(archive) and drops the layer tarballs (the config's
+    C(rootfs.diff_ids), same index as C(manifest.json) C(Layers)) the target engine already
+    holds on top of the same layers, by chain ID (O(have_chains)); with diff IDs only
+    (O(have_layers)), just the image's lowest layers held in a row. C(docker load) of such a
+    delta on that engine gives the same image ID as the full archive (the engine checks every
+    loaded layer against the config's diff IDs, and the image ID is the config's digest); check
+    the loaded image ID against the release's C(image_id) after loading.
   - The delta is cached in O(cache_dir) under a name derived from the image and the layers kept,
     so trucks holding the same layers share one file. When the host has no layer in common, the
     full archive is returned as is (C(full=true)) with O(archive_sha256).

@@ -57,6 +57,7 @@ options:
         V(x86_64), V(amd64)); C(linkedge.edge.edge_facts) returns its Docker engine's.
       - Without it, the manifest's top-level image (amd64) is the one returned and checked.
     type: str
+    version_added: 0.6.0
 extends_documentation_fragment:
   - linkedge.edge.trust
 notes:
