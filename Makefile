@@ -88,13 +88,15 @@ molecule-mqtt: setup truck-image molecule-releases
 molecule-pull: setup truck-image molecule-releases
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/molecule test -s pull
 
+# Everything is built first (once); then pytest and the five scenarios run in three lanes side by
+# side (scripts/lanes.py: a scenario mostly waits on systemd, brokers and timers), each lane's log
+# in build/ci-logs/, a summary of every part's time and the CPU use at the end.
+MOLECULE_TEST := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/molecule test
 test: lint sanity setup docker base-image wheelhouse test-tools release truck-image molecule-releases
-	$(BIN)/pytest -q --durations=25 tests
-	$(MAKE) molecule
-	$(MAKE) molecule-fleet
-	$(MAKE) molecule-resilience
-	$(MAKE) molecule-mqtt
-	$(MAKE) molecule-pull
+	$(BIN)/python scripts/lanes.py --log-dir $(BUILD)/ci-logs \
+	  --lane pytest "$(BIN)/pytest -q --durations=25 tests" \
+	  --lane molecule-a '$(MOLECULE_TEST) -s pull' '$(MOLECULE_TEST)' '$(MOLECULE_TEST) -s resilience' \
+	  --lane molecule-b '$(MOLECULE_TEST) -s mqtt' '$(MOLECULE_TEST) -s fleet'
 
 # LinkEdge vs MLServer side by side under wrk (about 7 min): bench/results/latest.{json,md,png}.
 # MQTT end to end beside HTTP runs on its own: .venv/bin/python -m bench --case mqtt (bench/README.md).
