@@ -1,7 +1,8 @@
 # Copyright (c) LinkEdge developers
 # SPDX-License-Identifier: Apache-2.0
 """Jinja filters release_for (a release record as a truck of one architecture reads it: its
-image, archive and image ID those of that architecture's image) and image_tag (a release
+image, archive and image ID those of that architecture's image), no_image_reason (why a release
+cannot go onto a truck of that architecture, '' when it can) and image_tag (a release
 image's tag for an architecture), from the contract module, so the builder, the controller, a
 pulling truck and release_verify name and choose the same image."""
 
@@ -26,21 +27,38 @@ def image_tag(version: str, architecture: str) -> str:
         raise AnsibleFilterError(f"linkedge.edge.image_tag: {exc}") from None
 
 
-def release_for(release: Mapping, architecture: str) -> dict:
+def _chosen(release: Mapping, architecture: str, caller: str) -> dict | None:
     if not isinstance(release, Mapping) or not release.get("version"):
         raise AnsibleFilterError(
-            "linkedge.edge.release_for: the input must be a release record with a version (a "
+            f"linkedge.edge.{caller}: the input must be a release record with a version (a "
             f"release's manifest.json), not {release!r}"
         )
     try:
-        chosen = manifest_for_architecture(dict(release), str(architecture or ""))
+        return manifest_for_architecture(dict(release), str(architecture or ""))
     except ValueError as exc:
-        raise AnsibleFilterError(f"linkedge.edge.release_for: {exc}") from None
+        raise AnsibleFilterError(f"linkedge.edge.{caller}: {exc}") from None
+
+
+def release_for(release: Mapping, architecture: str) -> dict:
+    chosen = _chosen(release, architecture, "release_for")
     if chosen is None:
         raise AnsibleFilterError(no_image_message(dict(release), architecture))
     return chosen
 
 
+def no_image_reason(release: Mapping, architecture: str) -> str:
+    """'' when RELEASE has an image for ARCHITECTURE, else why not and what to do: an assert's
+    fail_msg, so a refusal reads as the sentence alone (a filter's error is prefixed by
+    Ansible's own words about the task's arguments)."""
+    if _chosen(release, architecture, "no_image_reason") is not None:
+        return ""
+    return no_image_message(dict(release), architecture)
+
+
 class FilterModule:
     def filters(self) -> dict:
-        return {"release_for": release_for, "image_tag": image_tag}
+        return {
+            "release_for": release_for,
+            "no_image_reason": no_image_reason,
+            "image_tag": image_tag,
+        }

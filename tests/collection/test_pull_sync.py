@@ -18,6 +18,7 @@ is put back on the image it named before.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ import pytest
 from bench.depot_load.proxy import CountingProxy
 from bench.depot_load.servers import Nginx, ensure_binary
 from bench.depot_load.settings import DEPOT_PREFIX, NGINX
+from inference_image.contract import IMAGE_FIELDS
 from inference_image.release import release_present
 from tests.conftest import docker_engine
 from tests.depot import publish
@@ -453,6 +455,63 @@ def test_sync_refuses_a_release_that_is_not_the_one_the_pointer_names(
     assert record["outcome"] == "failed", record
     assert record["reason"].startswith("checksum_mismatch: "), record
     assert truck.serving() is None
+
+
+def test_sync_refuses_a_release_it_cannot_take_before_fetching_its_archive(
+    tmp_path, releases, truck_factory
+):
+    """Two signed pointers a truck must refuse with the depot's fault named, before the
+    archive is fetched, serving v1 throughout: a release whose only image is arm64 (this engine
+    runs amd64: no_architecture) and a pointer naming a manifest that is not JSON (a
+    publisher's bug: manifest_invalid, not a missing architecture)."""
+    from inference_image import channels, signing
+
+    depot = tmp_path / "depot"
+    (depot / "channels").mkdir(parents=True)
+    truck = truck_factory(str(depot))
+    v1 = version(releases["v1"])
+    publish(depot, "stable", releases["v1"])
+    checked(truck.sync()[0])
+    assert truck.serving() == v1
+    key = signing.load_private_key(KEYS / "release-signing.key")
+
+    # v2 re-signed naming only an arm64 image.
+    arm_only = depot / "releases" / version(releases["v2"])
+    shutil.copytree(releases["v2"], arm_only, copy_function=os.link)
+    manifest = json.loads((arm_only / "manifest.json").read_text())
+    images = manifest.get("architectures") or {"amd64": manifest}
+    manifest["architectures"] = {"arm64": {name: images["amd64"][name] for name in IMAGE_FIELDS}}
+    for name in ("manifest.json", "manifest.json.sig"):
+        (arm_only / name).unlink()  # hard links: never write through them
+    (arm_only / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    signing.sign_manifest(arm_only / "manifest.json", key)
+    publish(depot, "stable", arm_only)
+    result, record = truck.sync()
+    assert result.returncode != 0
+    assert record["outcome"] == "failed", record
+    assert record["reason"].startswith("no_architecture: "), record
+    assert "has no image for amd64 (it has arm64)" in record["reason"], record
+    assert (record.get("bytes_transferred") or 0) < 100_000, record  # the archive was not fetched
+    assert not list((truck.work / "cache").rglob("*.tar")), "an archive was fetched"
+    assert truck.serving() == v1
+
+    # A pointer signed over a manifest that does not decode (as a buggy publisher could).
+    garbage = b'{"version": "aps-garbled",\n'
+    broken = depot / "releases" / "aps-garbled"
+    broken.mkdir()
+    (broken / "manifest.json").write_bytes(garbage)
+    signing.sign_manifest(broken / "manifest.json", key)
+    release = channels.Release(
+        {"version": "aps-garbled"},
+        hashlib.sha256(garbage).hexdigest(),
+        "releases/aps-garbled/manifest.json",
+    )
+    channels._point(channels.Depot(depot), "stable", release, key, "publish")
+    result, record = truck.sync()
+    assert result.returncode != 0
+    assert record["outcome"] == "failed", record
+    assert record["reason"].startswith("manifest_invalid: release_read: "), record
+    assert truck.serving() == v1
 
 
 def install_playbook(tmp_path: Path, role_vars: dict) -> Path:
