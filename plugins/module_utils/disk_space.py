@@ -17,6 +17,8 @@ import json
 import os
 import tarfile
 
+from ansible_collections.linkedge.edge.plugins.module_utils.image_archive import chain_ids
+
 MIB = 1 << 20
 DEFAULT_MIN_FREE = 256 * MIB
 DEFAULT_DOCKER_ROOT = "/var/lib/docker"
@@ -65,15 +67,19 @@ def layer_members(
 
 
 def load_need(
-    member_sizes: dict[str, int], layers: list[str], diff_ids: list[str], have: set[str]
+    member_sizes: dict[str, int], layers: list[str], diff_ids: list[str], have_chains: set[str]
 ) -> int:
     """Peak bytes `docker load` writes under the Docker root for an archive whose regular files
-    have `member_sizes`, on an engine that already holds the layers `have` (diff IDs)."""
+    have `member_sizes`, on an engine that already holds the layers `have_chains` (chain IDs: a
+    layer's bytes on other layers below are another layer to the engine)."""
     unpacked = sum(member_sizes.values())
+    chains = chain_ids(diff_ids)
     missing = sum(
         size or 0
-        for diff_id, size in layer_members(member_sizes, layers, diff_ids)
-        if diff_id not in have
+        for (_diff_id, size), chain in zip(  # noqa: B905 - Python 3.8 (no strict)
+            layer_members(member_sizes, layers, diff_ids), chains
+        )
+        if chain not in have_chains
     )
     return unpacked + missing
 

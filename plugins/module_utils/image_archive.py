@@ -41,6 +41,12 @@ def chain_ids(diff_ids: list) -> list:
     return chains
 
 
+def held_chains(images_layers) -> set:
+    """The chain IDs an engine holds, from each of its images' diff IDs (RootFS Layers): what
+    a load need not write again and a delta need not send."""
+    return {chain for layers in images_layers for chain in chain_ids(list(layers or []))}
+
+
 def normalize_image_id(text: str) -> str:
     return "sha256:" + normalize_sha256(text)
 

@@ -160,7 +160,7 @@ from ansible_collections.linkedge.edge.plugins.module_utils.docker_client import
     get_docker_client,
     sdk_version,
 )
-from ansible_collections.linkedge.edge.plugins.module_utils.image_archive import chain_ids
+from ansible_collections.linkedge.edge.plugins.module_utils.image_archive import held_chains
 from ansible_collections.linkedge.edge.plugins.module_utils.outcome import (
     DEFAULT_STATE_FILE,
     read_state,
@@ -263,7 +263,7 @@ def main() -> None:
             "images": images,
             "docker_root_free_bytes": free_bytes(info.get("DockerRootDir")),
             "layers": sorted({layer for image in images for layer in image["layers"]}),
-            "chains": sorted({c for image in images for c in chain_ids(image["layers"])}),
+            "chains": sorted(held_chains(image["layers"] for image in images)),
             "last_outcome": read_state(module.params["state_file"]),
         }
     except DockerException as exc:

@@ -250,8 +250,8 @@ def space_check(module: AnsibleModule, archive: str, drop: set, result: dict) ->
     except (OSError, ValueError, KeyError, tarfile.TarError) as exc:
         module.fail_json(msg=f"cannot read {archive}: {exc}: export it again", **result)
     sent = {name: size for name, size in sizes.items() if name not in drop}
-    # The engine stores every layer sent; the dropped ones it holds already.
-    held = {diff_id for layer, diff_id in zip(layers, diff_ids) if layer in drop}  # noqa: B905
+    # The engine stores every layer sent; the dropped ones it holds already (by chain ID).
+    held = {chain for layer, chain in zip(layers, chain_ids(diff_ids)) if layer in drop}  # noqa: B905
     verdict = check_space(
         module.params["docker_root"],
         module.params["free_bytes"],

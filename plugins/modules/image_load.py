@@ -168,6 +168,7 @@ from ansible_collections.linkedge.edge.plugins.module_utils.docker_client import
 )
 from ansible_collections.linkedge.edge.plugins.module_utils.image_archive import (
     ArchiveError,
+    held_chains,
     load_archive,
     normalize_image_id,
     normalize_sha256,
@@ -204,12 +205,11 @@ def ensure_tag(module: AnsibleModule, image, name: str | None) -> bool:
     return True
 
 
-def engine_layers(client) -> set[str]:
-    """Diff IDs of every layer the engine's images hold."""
-    layers: set[str] = set()
-    for image in client.images.list(all=True):
-        layers.update((image.attrs.get("RootFS") or {}).get("Layers") or [])
-    return layers
+def engine_chains(client) -> set[str]:
+    """Chain IDs of every layer the engine's images hold."""
+    return held_chains(
+        (image.attrs.get("RootFS") or {}).get("Layers") for image in client.images.list(all=True)
+    )
 
 
 def check_room(module: AnsibleModule, client, archive: str, result: dict) -> None:
@@ -225,7 +225,7 @@ def check_room(module: AnsibleModule, client, archive: str, result: dict) -> Non
     verdict = check_space(
         root,
         free,
-        load_need(sizes, layers, diff_ids, engine_layers(client)),
+        load_need(sizes, layers, diff_ids, engine_chains(client)),
         module.params["min_free"],
     )
     result["disk_space"] = verdict
