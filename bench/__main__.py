@@ -66,6 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="train the bundle if it is missing and build the image from this checkout first",
     )
     parser.add_argument(
+        "--platform",
+        help="with --build: build the image for this platform (linux/arm64 runs under QEMU on "
+        "x86: its figures are written as latest-arm64-emulated.*, labelled emulated)",
+    )
+    parser.add_argument(
         "--case",
         action="append",
         default=[],
@@ -157,15 +162,16 @@ def numbers(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(item) for item in text.split(",")) if text else default
 
 
-def build(image: str, bundle: Path) -> None:
+def build(image: str, bundle: Path, platform: str | None = None) -> None:
     """The bundle (trained once, 12 s) and the image from the current source (cached layers)."""
     cli = [sys.executable, "-m", "inference_image"]
     if not (bundle / "SHA256SUMS").exists():
         log(f"training {bundle}")
         subprocess.run([*cli, "train", "--out", str(bundle)], check=True, stdout=subprocess.DEVNULL)
-    log(f"building {image} from {bundle}")
+    log(f"building {image} from {bundle}" + (f" for {platform}" if platform else ""))
     subprocess.run(
-        [*cli, "build", "--bundle", str(bundle), "--tag", image],
+        [*cli, "build", "--bundle", str(bundle), "--tag", image]
+        + (["--platform", platform] if platform else []),
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -184,8 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     grpc = special == ["grpc"]
     plot = not args.no_plot and special not in (["mqtt"], ["grpc"], ["capture"])  # plot.py: no
     try:
+        if args.platform and not args.build:
+            print("bench: error: --platform builds the image: give --build too", file=sys.stderr)
+            return 2
         if args.build:
-            build(args.image, args.bundle)
+            build(args.image, args.bundle, args.platform)
         wrk = ensure_wrk()
         venv = ensure_bench_venv() if (with_mlserver or plot) else None
         settings = Settings(
@@ -238,7 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    name = special[0] if special else "latest"
+    kind = name = special[0] if special else "latest"
+    if report.get("settings", {}).get("image_emulated"):
+        # Never in place of the hardware figures: latest-arm64-emulated.*
+        name = f"{kind}-{report['settings']['image_architecture']}-emulated"
     results = args.out / f"{name}.json"
     results.write_text(json.dumps(report, indent=2) + "\n")
     render = {
@@ -247,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         "mqtt": mqtt_markdown,
         "grpc": grpc_markdown,
         "capture": capture_markdown,
-    }.get(name, markdown)
+    }.get(kind, markdown)
     table = render(report)
     (args.out / f"{name}.md").write_text(table)
     if plot and venv is not None:
