@@ -1,18 +1,20 @@
-"""Pull mode on this host: playbooks/sync.yml run with a local connection, as a truck's timer
-runs it, against a depot served by a real nginx (and a plain directory), with the real signed
+"""Pull mode on this host: playbooks/sync.yml run with a local connection, as a truck's timer runs
+it, against a depot served by a real nginx (and a plain directory), with the real signed
 releases build/releases/v1 and v2 (scripts/molecule-releases.sh) and the real Docker engine.
 
-The scenario: v1 published -> the sync serves it; again -> unchanged, nothing fetched; the
-guard says no -> deferred; v2 published -> serves v2; an older pointer put back -> refused
+The scenario: v1 published -> the sync serves it; again -> unchanged, nothing fetched; the guard
+says no -> deferred; v2 published -> serves v2; an older pointer put back -> refused
 (`replayed`), v2 still serves; nginx stopped -> failed (depot_unavailable), serving untouched,
-and the next sync after the restart completes. The role edge_manager's systemd units are
+and the next sync after the restart completes. A truck whose engine is arm64 takes the arm64
+image of a two-architecture release (build/releases/v3); a release with no image for the truck's
+architecture is refused before its archive is fetched. The role edge_manager's systemd units are
 rendered by the role itself and checked with `systemd-analyze verify`. Here the figures of one
 sync are measured (peak memory of its process tree, the bytes of an idle sync); the registry
 transfer, TLS, the role's offline installation and the timers on real systemd are proven on
 three simulated trucks by the Molecule `pull` scenario.
 
-Every container and image the tests create is removed; a tag a release's `docker load` moved
-is put back on the image it named before.
+Every container and image the tests create is removed; a tag a release's `docker load` moved is
+put back on the image it named before.
 """
 
 from __future__ import annotations
@@ -520,6 +522,54 @@ def test_sync_refuses_a_release_it_cannot_take_before_fetching_its_archive(
     assert record["outcome"] == "failed", record
     assert record["reason"].startswith("manifest_invalid: release_read: "), record
     assert truck.serving() == v1
+
+
+@pytest.fixture(scope="module")
+def two_architecture_release(tmp_path_factory) -> Path:
+    """build/releases/v3 (scripts/molecule-releases.sh: one signed release, an amd64 and an
+    arm64 image), snapshotted by hard links; skipped where it has no arm64 image (a machine
+    whose kernel refuses QEMU: inference_image/image/ensure-binfmt.sh says why)."""
+    built = REPO / "build" / "releases" / "v3"
+    if not release_present(built, with_bundle=True):
+        checked(run(["bash", "scripts/molecule-releases.sh"], cwd=REPO))
+    manifest = json.loads((built / "manifest.json").read_text())
+    if "arm64" not in manifest.get("architectures", {}):
+        pytest.skip(f"{built} has no arm64 image (QEMU cannot run arm64 code here)")
+    target = tmp_path_factory.mktemp("releases") / manifest["version"]
+    shutil.copytree(built, target, copy_function=os.link)
+    assert release_present(target, with_bundle=True), f"{built} changed meanwhile"
+    return target
+
+
+def test_an_arm64_truck_syncs_the_arm64_image_of_a_two_architecture_release(
+    tmp_path, two_architecture_release, truck_factory
+):
+    """Pull mode on a truck whose engine is arm64 (declared here: this host's engine is amd64
+    and runs arm64 code under QEMU; a real arm64 truck's engine reports it): of a release with
+    both images, the sync fetches, verifies and serves the arm64 one, through the same gate
+    (health and every smoke vector, under emulation)."""
+    depot = tmp_path / "depot"
+    (depot / "channels").mkdir(parents=True)
+    truck = truck_factory(str(depot))
+    truck.vars["inference_service_architecture"] = "arm64"
+    manifest = json.loads((two_architecture_release / "manifest.json").read_text())
+    arm64 = manifest["architectures"]["arm64"]
+    publish(depot, "stable", two_architecture_release)
+    result, record = truck.sync()
+    checked(result)
+    assert record["outcome"] == "updated", record
+    assert truck.serving() == manifest["version"]
+    container = truck.client.containers.get(truck.name)
+    assert container.image.id == arm64["image_id"]
+    assert container.exec_run(["uname", "-m"]).output.decode().strip() == "aarch64"
+    # The arm64 archive crossed the link, not the amd64 one (209 MB): the rest is the depot's
+    # small files.
+    assert arm64["archive_bytes"] <= record["bytes_transferred"] < arm64["archive_bytes"] + 5e6
+    assert record["smoke_vectors_checked"] > 0, record
+    save_figures(
+        arm64_updating_sync_seconds=record["duration_seconds"],
+        arm64_updating_sync_bytes_from_depot=record["bytes_transferred"],
+    )
 
 
 def install_playbook(tmp_path: Path, role_vars: dict) -> Path:
