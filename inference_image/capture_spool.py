@@ -45,6 +45,12 @@ class SpoolError(ValueError):
     """A spool setting or a spool directory that cannot be used."""
 
 
+class SealError(OSError):
+    """Records were written to the open segment, but sealing it failed: they are not lost. The
+    segment is sealed at a later append (a failed fsync), or, once closed, by recover() at the
+    next start (a failed rename or budget check)."""
+
+
 def encode_record(record: dict[str, Any]) -> bytes:
     """One line. numpy values are written as numpy prints them (float32 in its shortest
     form, as the API answers) and NaN as null."""
@@ -143,7 +149,8 @@ class CaptureSpool:
 
     def append(self, records: list[dict[str, Any]]) -> None:
         """Write RECORDS (one write: they land together or the recovery drops them together);
-        seal the segment when it is full or old."""
+        seal the segment when it is full or old. Raises SealError when the records were
+        written and only the seal after them failed (any other error: they were not)."""
         if not records:
             return
         data = b"".join(encode_record(record) for record in records)
@@ -156,7 +163,10 @@ class CaptureSpool:
                 self._written >= self.segment_bytes
                 or self.clock() - self._opened_at >= self.segment_seconds
             ):
-                self._seal()
+                try:
+                    self._seal()
+                except OSError as exc:
+                    raise SealError(f"written, but the segment was not sealed: {exc}") from exc
 
     def seal(self) -> Path | None:
         """Make the open segment complete and collectable; None if there was none."""

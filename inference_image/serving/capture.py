@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from inference_image import contract
-from inference_image.capture_spool import CaptureSpool, SpoolError
+from inference_image.capture_spool import CaptureSpool, SealError, SpoolError
 
 from .log_once import OncePerKind
 
@@ -104,6 +104,7 @@ ROW_BYTES_ESTIMATE = 2048
 LOST_QUEUE_FULL, LOST_WRITE_FAILED = "queue_full", "write_failed"
 LOST_REASONS = (LOST_QUEUE_FULL, LOST_WRITE_FAILED)
 SPOOL_FAILED = "the spool could not be written (rows are counted lost)"
+SEAL_FAILED = "a segment could not be sealed (its rows are written; it is sealed later)"
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,7 @@ class SpoolWriter:
                 records = []
             for start in range(0, len(records), self.rows_per_append):
                 piece = records[start : start + self.rows_per_append]
-                written = self._guard(lambda piece=piece: self.spool.append(piece), SPOOL_FAILED)
+                written = self._guard(lambda piece=piece: self._append(piece), SPOOL_FAILED)
                 if written:
                     self._count(self.on_captured, len(piece))
                 else:
@@ -246,6 +247,14 @@ class SpoolWriter:
             with self._settled:
                 self._pending -= rows
                 self._settled.notify_all()
+
+    def _append(self, piece: list[dict[str, object]]) -> None:
+        """Append PIECE; a seal that failed after the rows were written is logged (once per
+        kind), not raised: those rows are in the spool and count as captured."""
+        try:
+            self.spool.append(piece)
+        except SealError as exc:
+            self._errors.error(SEAL_FAILED, exc, "capture: %s", SEAL_FAILED)
 
     def _count(self, callback: Callable[..., None], *args: object) -> None:
         # A broken metrics file must not end the thread or fail a request.

@@ -195,3 +195,29 @@ def test_one_request_larger_than_the_queue_is_still_taken_when_nothing_waits(tmp
     assert writer.submit(ChosenRows(1.0, rows, np.full(50, 0.9), np.ones(50, bool))) == 50
     assert writer.close(10)
     assert lost == []
+
+
+def test_rows_written_before_a_failed_seal_count_as_captured_and_come_back(
+    tmp_path, caplog
+) -> None:
+    """The seal after a write fails (here: `sealed` is a file, so the segment cannot be moved
+    into it): the rows are on disk, so they count as captured, not lost, and the next start's
+    recovery seals them whole."""
+    spool = CaptureSettings(tmp_path, budget_bytes=1 << 20, segment_bytes=1024).spool()
+    (tmp_path / "sealed").rmdir()
+    (tmp_path / "sealed").write_text("not a directory\n")
+    lost: list[tuple[int, str]] = []
+    written: list[int] = []
+    writer = SpoolWriter(spool, "v1", written.append, lambda n, why: lost.append((n, why)))
+    rows = np.ones((4, 170), dtype=np.float32)  # about 4 KB: more than a segment
+    with caplog.at_level("ERROR", logger="linkedge.serving"):
+        for _ in range(3):
+            assert writer.submit(ChosenRows(1.0, rows, np.full(4, 0.9), np.ones(4, bool))) == 4
+            assert writer.flush(10)
+    assert lost == [] and sum(written) == 12
+    logged = [r for r in caplog.records if "could not be sealed" in r.getMessage()]
+    assert len(logged) == 1  # once per kind, not per segment
+    (tmp_path / "sealed").unlink()
+    (tmp_path / "sealed").mkdir()
+    CaptureSettings(tmp_path).spool().recover()  # the next start
+    assert sum(len(read_segment(path)) for path in spool.sealed()) == 12
