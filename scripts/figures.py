@@ -9,7 +9,7 @@ Every figure comes from a file a run wrote, with the date and commit of that run
                                            (`make test`), written by their `figures` fixture
     build/fuzz/summary.json                tests/fuzz (`make test`)
     build/releases/current/manifest.json   the newest release playbooks/build.yml published
-                                           (`make release`, which `make test` runs first)
+                                           (`make release`, run in `make test`'s checks lane)
 
 A source that is absent is listed as not measured yet; nothing is carried over by hand.
 
