@@ -6,12 +6,13 @@ The scenario: v1 published -> the sync serves it; again -> unchanged, nothing fe
 says no -> deferred; v2 published -> serves v2; an older pointer put back -> refused
 (`replayed`), v2 still serves; nginx stopped -> failed (depot_unavailable), serving untouched,
 and the next sync after the restart completes. A truck whose engine is arm64 takes the arm64
-image of a two-architecture release (build/releases/v3); a release with no image for the truck's
-architecture is refused before its archive is fetched. The role edge_manager's systemd units are
-rendered by the role itself and checked with `systemd-analyze verify`. Here the figures of one
-sync are measured (peak memory of its process tree, the bytes of an idle sync); the registry
-transfer, TLS, the role's offline installation and the timers on real systemd are proven on
-three simulated trucks by the Molecule `pull` scenario.
+image of a two-architecture release (build/releases/v3), from the depot or as `<version>-arm64`
+from a registry; a release with no image for the truck's architecture is refused before its
+archive is fetched. The role edge_manager's systemd units are rendered by the role itself and
+checked with `systemd-analyze verify`. Here the figures of one sync are measured (peak memory of
+its process tree, the bytes of an idle sync); the registry transfer, TLS, the role's offline
+installation and the timers on real systemd are proven on three simulated trucks by the Molecule
+`pull` scenario.
 
 Every container and image the tests create is removed; a tag a release's `docker load` moved is
 put back on the image it named before.
@@ -33,12 +34,13 @@ import threading
 import uuid
 from pathlib import Path
 
+import docker
 import pytest
 
 from bench.depot_load.proxy import CountingProxy
 from bench.depot_load.servers import Nginx, ensure_binary
 from bench.depot_load.settings import DEPOT_PREFIX, NGINX
-from inference_image.contract import IMAGE_FIELDS
+from inference_image.contract import IMAGE_FIELDS, registry_reference
 from inference_image.release import release_present
 from tests.conftest import docker_engine
 from tests.depot import publish
@@ -525,10 +527,12 @@ def test_sync_refuses_a_release_it_cannot_take_before_fetching_its_archive(
 
 
 @pytest.fixture(scope="module")
-def two_architecture_release(tmp_path_factory) -> Path:
+def two_architecture_release(tmp_path_factory, docker_client) -> Path:
     """build/releases/v3 (scripts/molecule-releases.sh: one signed release, an amd64 and an
     arm64 image), snapshotted by hard links; skipped where it has no arm64 image (a machine
-    whose kernel refuses QEMU: inference_image/image/ensure-binfmt.sh says why)."""
+    whose kernel refuses QEMU: inference_image/image/ensure-binfmt.sh says why). Afterwards the
+    images' tags name what they named before (a `docker load` moves them) and an image the
+    tests brought into the engine is removed again."""
     built = REPO / "build" / "releases" / "v3"
     if not release_present(built, with_bundle=True):
         checked(run(["bash", "scripts/molecule-releases.sh"], cwd=REPO))
@@ -538,7 +542,21 @@ def two_architecture_release(tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("releases") / manifest["version"]
     shutil.copytree(built, target, copy_function=os.link)
     assert release_present(target, with_bundle=True), f"{built} changed meanwhile"
-    return target
+    images = manifest["architectures"].values()
+    tags = {}
+    for image in images:
+        with contextlib.suppress(Exception):
+            tags[image["image"]] = docker_client.images.get(image["image"]).id
+    present = {image.id for image in docker_client.images.list(all=True)}
+    yield target
+    for image in images:
+        if image["image_id"] not in present:
+            with contextlib.suppress(Exception):
+                docker_client.images.remove(image["image_id"], force=True)
+    for tag, image_id in tags.items():
+        repository, _, name = tag.rpartition(":")
+        with contextlib.suppress(Exception):
+            docker_client.images.get(image_id).tag(repository, name)
 
 
 def test_an_arm64_truck_syncs_the_arm64_image_of_a_two_architecture_release(
@@ -570,6 +588,63 @@ def test_an_arm64_truck_syncs_the_arm64_image_of_a_two_architecture_release(
         arm64_updating_sync_seconds=record["duration_seconds"],
         arm64_updating_sync_bytes_from_depot=record["bytes_transferred"],
     )
+
+
+@contextlib.contextmanager
+def image_absent(client, image_id: str, archive: Path):
+    """The engine without IMAGE_ID (so that a pull must fetch it); afterwards the image and
+    the tags it had are back (pulled by the test, or loaded again from ARCHIVE)."""
+    tags: list[str] = []
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        tags = client.images.get(image_id).tags
+        client.images.remove(image_id, force=True)
+    try:
+        yield
+    finally:
+        try:
+            client.images.get(image_id)
+        except docker.errors.ImageNotFound:
+            checked(run(["docker", "load", "-i", str(archive)]))
+        for tag in tags:
+            repository, _, name = tag.rpartition(":")
+            client.images.get(image_id).tag(repository, name)
+
+
+def test_an_arm64_truck_pulls_its_architectures_tag_from_a_registry(
+    tmp_path, two_architecture_release, truck_factory, registry, docker_client
+):
+    """With a registry (edge_manager_registry) the sync fetches no archive: the engine of an
+    arm64 truck pulls `<version>-arm64`, the tag CI pushes for arm64 (contract.registry_reference,
+    shared by image_builder and the role), from a real registry, and the signed arm64 image
+    serves."""
+    manifest = json.loads((two_architecture_release / "manifest.json").read_text())
+    arm64 = manifest["architectures"]["arm64"]
+    reference = registry_reference(registry, manifest["image"], manifest["version"], "arm64")
+    assert reference.endswith(f":{manifest['version']}-arm64")
+    archive = two_architecture_release / arm64["archive"]
+    if arm64["image_id"] not in run(["docker", "images", "-q", "--no-trunc"]).stdout:
+        checked(run(["docker", "load", "-i", archive]))
+    checked(run(["docker", "tag", arm64["image_id"], reference]))
+    try:
+        checked(run(["docker", "push", reference]))
+    finally:
+        run(["docker", "rmi", reference])
+    depot = tmp_path / "depot"
+    (depot / "channels").mkdir(parents=True)
+    publish(depot, "stable", two_architecture_release)
+    truck = truck_factory(str(depot))
+    truck.vars["inference_service_architecture"] = "arm64"
+    with image_absent(docker_client, arm64["image_id"], archive):
+        result, record = truck.sync(edge_manager_registry=registry)
+        checked(result)
+        assert record["outcome"] == "updated", record
+        container = truck.client.containers.get(truck.name)
+        assert container.image.id == arm64["image_id"]
+        assert container.exec_run(["uname", "-m"]).output.decode().strip() == "aarch64"
+    # Pulled, not shipped: no archive in the truck's cache, less than the archive crossed.
+    assert not list((truck.work / "cache").rglob("*.tar")), "an archive was fetched"
+    assert record["bytes_transferred"] < arm64["archive_bytes"], record
+    save_figures(arm64_registry_sync_seconds=record["duration_seconds"])
 
 
 def install_playbook(tmp_path: Path, role_vars: dict) -> Path:
