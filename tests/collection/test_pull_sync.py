@@ -40,7 +40,7 @@ import pytest
 from bench.depot_load.proxy import CountingProxy
 from bench.depot_load.servers import Nginx, ensure_binary
 from bench.depot_load.settings import DEPOT_PREFIX, NGINX
-from inference_image.contract import IMAGE_FIELDS, registry_reference
+from inference_image.contract import IMAGE_FIELDS, registry_reference, release_images
 from inference_image.release import release_present
 from tests.conftest import docker_engine
 from tests.depot import publish
@@ -77,38 +77,55 @@ def docker_client():
     return docker_engine()
 
 
+def snapshot(built: Path, into: Path) -> Path:
+    """The release BUILT copied by hard links to INTO/<version>, so that a rebuild elsewhere
+    does not change it under the tests."""
+    version = json.loads((built / "manifest.json").read_text())["version"]
+    target = into / version
+    shutil.copytree(built, target, copy_function=os.link)
+    assert release_present(target, with_bundle=True), f"{built} changed meanwhile"
+    return target
+
+
+@contextlib.contextmanager
+def engine_images_kept(client, releases: list[Path]):
+    """Afterwards, the tags of RELEASES' images (every architecture's) name what they named
+    before (a `docker load` moves them), and an image of theirs the tests brought into the
+    engine is removed again."""
+    images = [
+        image
+        for path in releases
+        for image in release_images(json.loads((path / "manifest.json").read_text())).values()
+    ]
+    tags = {}
+    for image in images:
+        with contextlib.suppress(Exception):
+            tags[image["image"]] = client.images.get(image["image"]).id
+    present = {image.id for image in client.images.list(all=True)}
+    try:
+        yield
+    finally:
+        for image in images:
+            if image["image_id"] not in present:
+                with contextlib.suppress(Exception):
+                    client.images.remove(image["image_id"], force=True)
+        for tag, image_id in tags.items():
+            repository, _, name = tag.rpartition(":")
+            with contextlib.suppress(Exception):
+                client.images.get(image_id).tag(repository, name)
+
+
 @pytest.fixture(scope="module")
 def releases(tmp_path_factory, docker_client) -> dict[str, Path]:
-    """v1 and v2, snapshotted (hard links) so that a rebuild elsewhere does not change them
-    under the test; yields {"v1": dir, "v2": dir} named by version in a releases/ folder."""
+    """v1 and v2, snapshotted; yields {"v1": dir, "v2": dir} named by version in a releases/
+    folder."""
     built = REPO / "build" / "releases"
     if not all(release_present(built / name, with_bundle=True) for name in ("v1", "v2")):
         checked(run(["bash", "scripts/molecule-releases.sh"], cwd=REPO))
-    snapshot = tmp_path_factory.mktemp("releases")
-    out = {}
-    for name in ("v1", "v2"):
-        version = json.loads((built / name / "manifest.json").read_text())["version"]
-        target = snapshot / version
-        shutil.copytree(built / name, target, copy_function=os.link)
-        assert release_present(target, with_bundle=True), f"{built / name} changed meanwhile"
-        out[name] = target
-    # What the releases' tags name now: a `docker load` moves them; put back afterwards.
-    tags = {}
-    for path in out.values():
-        tag = json.loads((path / "manifest.json").read_text())["image"]
-        with contextlib.suppress(Exception):
-            tags[tag] = docker_client.images.get(tag).id
-    present = {image.id for image in docker_client.images.list()}
-    yield out
-    for path in out.values():
-        image_id = json.loads((path / "manifest.json").read_text())["image_id"]
-        if image_id not in present:
-            with contextlib.suppress(Exception):
-                docker_client.images.remove(image_id, force=True)
-    for tag, image_id in tags.items():
-        repository, _, name = tag.rpartition(":")
-        with contextlib.suppress(Exception):
-            docker_client.images.get(image_id).tag(repository, name)
+    folder = tmp_path_factory.mktemp("releases")
+    out = {name: snapshot(built / name, folder) for name in ("v1", "v2")}
+    with engine_images_kept(docker_client, list(out.values())):
+        yield out
 
 
 FIGURES: dict = {}
@@ -529,34 +546,17 @@ def test_sync_refuses_a_release_it_cannot_take_before_fetching_its_archive(
 @pytest.fixture(scope="module")
 def two_architecture_release(tmp_path_factory, docker_client) -> Path:
     """build/releases/v3 (scripts/molecule-releases.sh: one signed release, an amd64 and an
-    arm64 image), snapshotted by hard links; skipped where it has no arm64 image (a machine
-    whose kernel refuses QEMU: inference_image/image/ensure-binfmt.sh says why). Afterwards the
-    images' tags name what they named before (a `docker load` moves them) and an image the
-    tests brought into the engine is removed again."""
+    arm64 image), snapshotted; skipped where it has no arm64 image (a machine whose kernel
+    refuses QEMU: inference_image/image/ensure-binfmt.sh says why)."""
     built = REPO / "build" / "releases" / "v3"
     if not release_present(built, with_bundle=True):
         checked(run(["bash", "scripts/molecule-releases.sh"], cwd=REPO))
     manifest = json.loads((built / "manifest.json").read_text())
-    if "arm64" not in manifest.get("architectures", {}):
+    if "arm64" not in release_images(manifest):
         pytest.skip(f"{built} has no arm64 image (QEMU cannot run arm64 code here)")
-    target = tmp_path_factory.mktemp("releases") / manifest["version"]
-    shutil.copytree(built, target, copy_function=os.link)
-    assert release_present(target, with_bundle=True), f"{built} changed meanwhile"
-    images = manifest["architectures"].values()
-    tags = {}
-    for image in images:
-        with contextlib.suppress(Exception):
-            tags[image["image"]] = docker_client.images.get(image["image"]).id
-    present = {image.id for image in docker_client.images.list(all=True)}
-    yield target
-    for image in images:
-        if image["image_id"] not in present:
-            with contextlib.suppress(Exception):
-                docker_client.images.remove(image["image_id"], force=True)
-    for tag, image_id in tags.items():
-        repository, _, name = tag.rpartition(":")
-        with contextlib.suppress(Exception):
-            docker_client.images.get(image_id).tag(repository, name)
+    target = snapshot(built, tmp_path_factory.mktemp("releases"))
+    with engine_images_kept(docker_client, [target]):
+        yield target
 
 
 def test_an_arm64_truck_syncs_the_arm64_image_of_a_two_architecture_release(
