@@ -15,7 +15,7 @@ import pytest
 from inference_image.bundle import ModelBundle
 from inference_image.capture_spool import read_segment
 from inference_image.serving.app import create_app
-from inference_image.serving.capture import CaptureSettings, ChosenRows, SpoolWriter
+from inference_image.serving.capture import CaptureSettings, ChosenRows, RowSampler, SpoolWriter
 from inference_image.serving.config import ServingConfig
 from tests.conftest import synthetic_aps
 
@@ -65,6 +65,29 @@ def test_the_rate_samples_the_other_answers(tiny_bundle, tmp_path) -> None:
     assert samples[("linkedge_capture_spool_bytes", ())] > 0
     assert samples[("linkedge_capture_spool_budget_bytes", ())] == 1 << 23
     assert samples[("linkedge_capture_dropped_segments_total", ())] == 0
+
+
+def test_the_sampler_takes_each_row_alike_at_the_rate_across_requests() -> None:
+    """Drawn as gaps, the sample is still each row on its own with probability RATE: the
+    share, and every position of a request alike, over requests of uneven sizes."""
+    sampler = RowSampler(0.05, np.random.default_rng(7))
+    sizes = np.random.default_rng(8).integers(1, 200, size=20_000)
+    per_position = np.zeros(200)
+    total = 0
+    for size in sizes.tolist():
+        picks = sampler.sample(size)
+        assert picks == sorted(set(picks)) and all(0 <= pick < size for pick in picks)
+        per_position[picks] += 1
+        total += len(picks)
+    rows = int(sizes.sum())
+    assert abs(total / rows - 0.05) < 0.002  # about 100,000 rows sampled of 2,000,000
+    # each position of a request at the rate alike: positions 0-49 as often as 50-99, per
+    # request that has the position
+    present = np.array([(sizes > position).sum() for position in range(200)])
+    shares = per_position[:100] / present[:100]
+    assert abs(shares[:50].mean() - shares[50:].mean()) < 0.003
+    assert RowSampler(0.0, np.random.default_rng()).sample(1000) == []
+    assert RowSampler(1.0, np.random.default_rng()).sample(5) == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize(
