@@ -7,6 +7,10 @@ Both get the standard throughput cases' bodies (1 record and 100 rows, JSON, mad
 bundle's smoke vectors, nearly half of them "pos" and so always captured) and a truck's mix
 (one real record answered "neg"; 100 real rows of the unlabeled sample) in interleaved rounds,
 so a burst of other work on the machine hits both alike; each figure is its median round.
+Then the same number of rounds with both servers loaded at once ("together"): the two
+containers share the CPU (each its own cgroup, of equal weight), so whatever else slows the
+machine during a round slows both alike, within the round. The target's figure is the median of
+those rounds' drops; the alternating rounds give each server's throughput alone.
 Drift counting is on in both (it is not optional when the bundle has a reference), so the
 difference is capture's alone. The containers are then killed (``docker rm --force``),
 the spool recovered as the service's next start would, and read back: every segment whole
@@ -21,6 +25,7 @@ import statistics
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,8 +40,10 @@ from inference_image.serving.capture import CaptureSettings, RequestCapture
 
 from .bodies import BodyFactory, rows_of
 from .cases import Case
+from .load import LoadError, measure
 from .run import Bench, Settings
 from .servers import LinkEdgeContainer
+from .tools import log
 
 # The standard bodies (the smoke vectors: nearly half of them "pos", each always captured) and
 # a truck's mix: real rows of the unlabeled APS sample (a few percent "pos").
@@ -105,6 +112,8 @@ class CaptureBench(Bench):
         # Per case: capture's own CPU per request, measured in this process (no noise of load).
         self.in_process_cpu_us: dict[str, float] = {}
         self._case_rows: dict[str, np.ndarray] = {}  # the real-mix cases' rows
+        # Per case: the rounds with both servers loaded at once (see run_together).
+        self.together: dict[str, list[dict[str, dict[str, Any]]]] = {}
         # The container's user (10001) owns what it writes there: cleaned up as far as we may.
         self._spool_dir = tempfile.TemporaryDirectory(
             prefix="linkedge-capture-bench-", ignore_cleanup_errors=True
@@ -173,6 +182,59 @@ class CaptureBench(Bench):
         )
         return [LinkEdgeContainer(self.settings.image), self.capturing]
 
+    def run_case(self, case: Case, servers: list[Any], bodies_dir: Path) -> dict[str, Any]:
+        """The alternating rounds (each server alone), then as many rounds together."""
+        results = super().run_case(case, servers, bodies_dir)
+        self.together[case.key] = self.run_together(case, servers, bodies_dir)
+        return results
+
+    def run_together(
+        self, case: Case, servers: list[Any], bodies_dir: Path
+    ) -> list[dict[str, dict[str, Any]]]:
+        """``rounds`` rounds in which one wrk per server runs at the same time, for the same
+        seconds: per round and server, its requests/s, CPU per request and CPU share."""
+        loads = []
+        for server in servers:
+            body = case.bodies.get(server.kind)
+            if body is not None:
+                loads.append((server, body, bodies_dir / f"{body.key}.body"))
+        seconds = self.settings.seconds / self.settings.rounds
+        rounds: list[dict[str, dict[str, Any]]] = []
+        for _index in range(self.settings.rounds):
+            with ThreadPoolExecutor(len(loads)) as pool:
+                started = {
+                    server.key: pool.submit(
+                        measure, self.wrk, server, body, body_file, case.connections, seconds
+                    )
+                    for server, body, body_file in loads
+                }
+                try:
+                    figures = {key: future.result() for key, future in started.items()}
+                except LoadError as exc:
+                    self.failures.append(f"{case.key} (together): {exc}")
+                    continue
+            for key, measured in figures.items():
+                self._check_errors(f"{key} {case.key} (together)", measured)
+            rounds.append(
+                {
+                    key: {
+                        "requests_per_s": measured["requests_per_s"],
+                        "server_cpu_us_per_request": measured["server_cpu_us_per_request"],
+                        "server_cpu_cores": measured["server_cpu_cores"],
+                    }
+                    for key, measured in figures.items()
+                }
+            )
+        if rounds:
+            log(
+                f"{case.key:<20} together: "
+                + "; ".join(
+                    f"{key} {[r[key]['requests_per_s'] for r in rounds if key in r]} req/s"
+                    for key in rounds[0]
+                )
+            )
+        return rounds
+
     def run(self) -> dict[str, Any]:
         try:
             return self._run()
@@ -184,12 +246,16 @@ class CaptureBench(Bench):
         drops = {}
         for case in report.get("cases", []):
             off, on = case["results"]["linkedge"], case["results"][CAPTURE_KEY]
+            together = together_figures(self.together.get(case["key"], []))
             drops[case["key"]] = {
                 "requests_per_s_off": off["requests_per_s"],
                 "requests_per_s_on": on["requests_per_s"],
-                # The target's figure: the median of the rounds' own drops (off and on measured
-                # side by side in each round, so a slow spell of the machine hits both).
-                "drop": paired_drop(by_round(off), by_round(on)),
+                # The target's figure: the median of the drops of the rounds with both servers
+                # loaded at once (a slow spell of the machine hits both within the round).
+                "drop": together["drop"],
+                "together": together,
+                # Each server alone, one after the other in each round.
+                "alternating_drop": paired_drop(by_round(off), by_round(on)),
                 "rounds_drop": round_drops(by_round(off), by_round(on)),
                 "drop_of_medians": round(1 - on["requests_per_s"] / off["requests_per_s"], 4)
                 if off["requests_per_s"]
@@ -264,6 +330,39 @@ class CaptureBench(Bench):
         return report
 
 
+def together_figures(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The rounds with both servers at once: each round's drop in requests/s and rise in CPU
+    per request (capture on against off), their medians, and the servers' CPU shares (alike
+    when the machine split it evenly, which the drop assumes)."""
+    both = [r for r in rounds if "linkedge" in r and CAPTURE_KEY in r]
+    drops = [
+        round(1 - r[CAPTURE_KEY]["requests_per_s"] / r["linkedge"]["requests_per_s"], 4)
+        for r in both
+        if r["linkedge"]["requests_per_s"]
+    ]
+    rises = [
+        round(
+            r[CAPTURE_KEY]["server_cpu_us_per_request"] / r["linkedge"]["server_cpu_us_per_request"]
+            - 1,
+            4,
+        )
+        for r in both
+        if r["linkedge"]["server_cpu_us_per_request"]
+        and r[CAPTURE_KEY]["server_cpu_us_per_request"] is not None
+    ]
+    return {
+        "rounds": len(both),
+        "drop": round(statistics.median(drops), 4) if drops else None,
+        "rounds_drop": drops,
+        "cpu_rise": round(statistics.median(rises), 4) if rises else None,
+        "rounds_cpu_rise": rises,
+        "requests_per_s_off": median([r["linkedge"]["requests_per_s"] for r in both]),
+        "requests_per_s_on": median([r[CAPTURE_KEY]["requests_per_s"] for r in both]),
+        "cpu_cores_off": median([r["linkedge"]["server_cpu_cores"] for r in both]),
+        "cpu_cores_on": median([r[CAPTURE_KEY]["server_cpu_cores"] for r in both]),
+    }
+
+
 def share_of(part: float | None, whole: float | None) -> float | None:
     return round(part / whole, 4) if part is not None and whole else None
 
@@ -327,8 +426,9 @@ def capture_markdown(report: dict[str, Any]) -> str:
         f"Image `{report['settings']['image']}`, model `{report['settings']['model_version']}`, "
         f"{report['settings']['rounds']} rounds of "
         f"{report['settings']['seconds_per_case'] / report['settings']['rounds']:.1f} s per "
-        "case and server, the two servers side by side in each round (their order turning "
-        "round every round); the drop is the median of the rounds' own drops, "
+        "case and server, each server alone in turn (their order turning round every round), "
+        "then as many rounds with both loaded at once; the drop is the median of the "
+        "together rounds' own drops, "
         f"{report['started']}, git `{report['git'].get('commit', '?')[:12]}`. "
         f"Capture: {capture['rate']:.0%} of the neg answers plus every pos; over all cases "
         f"that was **{_share(capture['captured_share'])} of the rows** "
@@ -336,15 +436,35 @@ def capture_markdown(report: dict[str, Any]) -> str:
         "are nearly half pos (each always captured); the real-row cases are a truck's mix. "
         f"Target: at most {capture['target_drop']:.0%} fewer requests/s.",
         "",
-        "| case | rows captured | off, req/s | on, req/s | drop (rounds' median) "
-        "| rounds' drops | server CPU µs/request off → on | capture's own CPU µs/request |",
-        "|---|---|---|---|---|---|---|---|",
+        "Both servers at once (the target's figures):",
+        "",
+        "| case | rows captured | off → on, req/s | drop (rounds' median) | rounds' drops "
+        "| CPU per request, rise | CPU cores used, off / on |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, entry in capture["cases"].items():
+        together = entry.get("together") or {}
+        lines.append(
+            f"| {key} | {_share(entry.get('captured_share'))} "
+            f"| {together.get('requests_per_s_off')} → {together.get('requests_per_s_on')} "
+            f"| **{_share(entry['drop'])}** "
+            f"| {', '.join(_share(value) for value in together.get('rounds_drop', []))} "
+            f"| {_share(together.get('cpu_rise'))} "
+            f"| {together.get('cpu_cores_off')} / {together.get('cpu_cores_on')} |"
+        )
+    lines += [
+        "",
+        "Each server alone, in turn:",
+        "",
+        "| case | off, req/s | on, req/s | drop (rounds' median) | rounds' drops "
+        "| server CPU µs/request off → on | capture's own CPU µs/request |",
+        "|---|---|---|---|---|---|---|",
     ]
     for key, entry in capture["cases"].items():
         rounds = ", ".join(_share(value) for value in entry.get("rounds_drop", []))
         lines.append(
-            f"| {key} | {_share(entry.get('captured_share'))} | {entry['requests_per_s_off']} "
-            f"| {entry['requests_per_s_on']} | **{_share(entry['drop'])}** | {rounds} "
+            f"| {key} | {entry['requests_per_s_off']} | {entry['requests_per_s_on']} "
+            f"| {_share(entry.get('alternating_drop'))} | {rounds} "
             f"| {entry.get('cpu_us_per_request_off')} → {entry.get('cpu_us_per_request_on')} "
             f"| {entry.get('in_process_cpu_us')} ({_share(entry.get('in_process_share'))}) |"
         )
@@ -353,9 +473,10 @@ def capture_markdown(report: dict[str, Any]) -> str:
         "",
         "Within the target for a truck's mix (the real-row cases): "
         f"**{'n/a' if real_mix is None else 'yes' if real_mix else 'no'}**; for every case: "
-        f"**{'yes' if capture['within_target'] else 'no'}**. The rounds' drops show this "
-        "machine's noise: the same server varies by more than the target from one round to "
-        "the next. The last column has no such noise: capture's own work per request (the "
+        f"**{'yes' if capture['within_target'] else 'no'}**. The alternating rounds' drops "
+        "show this machine's noise: the same server alone varies by more than the target from "
+        "one round to the next; loaded together, a slow spell hits both within the round. "
+        "The last column has no such noise: capture's own work per request (the "
         "serving code's RequestCapture with the case's rows, its writer thread included, timed "
         "in the bench's process) and its share of the capture-off server's CPU per request; "
         "within the target for every case: "

@@ -6,6 +6,7 @@ Asserts the shape of what it records and that it refuses wrong answers; never a 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -185,9 +186,16 @@ def test_capture_smoke_run_records_the_drop_and_a_whole_spool(
     assert entry["requests_per_s_off"] > 0 and entry["requests_per_s_on"] > 0
     (case,) = [case for case in report["cases"] if case["key"] == "single-predict"]
     off, on = (by_round(case["results"][key]) for key in ("linkedge", CAPTURE_KEY))
-    assert entry["drop"] == paired_drop(off, on) is not None
+    assert entry["alternating_drop"] == paired_drop(off, on) is not None
+    # and as many rounds with both servers loaded at once: the target's drop is theirs
+    together = entry["together"]
+    assert together["rounds"] == report["settings"]["rounds"] == len(together["rounds_drop"])
+    assert entry["drop"] == pytest.approx(statistics.median(together["rounds_drop"]), abs=1e-4)
+    assert together["requests_per_s_off"] > 0 and together["requests_per_s_on"] > 0
+    assert together["cpu_cores_off"] > 0 and together["cpu_cores_on"] > 0
     assert capture["rate"] == 1.0 and capture["segments"] >= 1 and capture["bytes"] > 0
     # rate 1: every row answered by the capturing server (its own counts) was captured
     assert capture["rows_captured"] == capture["rows_answered"] > 0
     assert capture["records"] >= 0.5 * entry["requests_per_s_on"]  # about a second of load
-    assert "| single-predict |" in (tmp_path / "capture.md").read_text()
+    table = (tmp_path / "capture.md").read_text()
+    assert table.count("| single-predict |") == 2 and "Both servers at once" in table
