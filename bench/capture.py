@@ -8,9 +8,12 @@ bundle's smoke vectors, nearly half of them "pos" and so always captured) and a 
 (one real record answered "neg"; 100 real rows of the unlabeled sample) in interleaved rounds,
 so a burst of other work on the machine hits both alike; each figure is its median round.
 Then the same number of rounds with both servers loaded at once ("together"): the two
-containers share the CPU (each its own cgroup, of equal weight), so whatever else slows the
-machine during a round slows both alike, within the round. The target's figure is the median of
-those rounds' drops; the alternating rounds give each server's throughput alone.
+containers share the CPU (each its own cgroup), so whatever else slows the machine during a
+round slows both alike, within the round. The target's figure is the drop at equal CPU: per
+round, 1 - (CPU per request off) / (CPU per request on), what a serving container held to a
+CPU budget loses; its median over the rounds. (The raw requests/s of a together round also
+depend on how the kernel split the CPU between the two, which is recorded.) The alternating
+rounds give each server's throughput alone.
 Drift counting is on in both (it is not optional when the bundle has a reference), so the
 difference is capture's alone. The containers are then killed (``docker rm --force``),
 the spool recovered as the service's next start would, and read back: every segment whole
@@ -250,9 +253,9 @@ class CaptureBench(Bench):
             drops[case["key"]] = {
                 "requests_per_s_off": off["requests_per_s"],
                 "requests_per_s_on": on["requests_per_s"],
-                # The target's figure: the median of the drops of the rounds with both servers
+                # The target's figure: the drop at equal CPU of the rounds with both servers
                 # loaded at once (a slow spell of the machine hits both within the round).
-                "drop": together["drop"],
+                "drop": together["drop_at_equal_cpu"],
                 "together": together,
                 # Each server alone, one after the other in each round.
                 "alternating_drop": paired_drop(by_round(off), by_round(on)),
@@ -331,31 +334,31 @@ class CaptureBench(Bench):
 
 
 def together_figures(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """The rounds with both servers at once: each round's drop in requests/s and rise in CPU
-    per request (capture on against off), their medians, and the servers' CPU shares (alike
-    when the machine split it evenly, which the drop assumes)."""
+    """The rounds with both servers at once: each round's drop in requests/s, and its drop at
+    equal CPU (1 - CPU per request off / on), their medians, and the CPU each server used."""
     both = [r for r in rounds if "linkedge" in r and CAPTURE_KEY in r]
     drops = [
         round(1 - r[CAPTURE_KEY]["requests_per_s"] / r["linkedge"]["requests_per_s"], 4)
         for r in both
         if r["linkedge"]["requests_per_s"]
     ]
-    rises = [
+    at_equal_cpu = [
         round(
-            r[CAPTURE_KEY]["server_cpu_us_per_request"] / r["linkedge"]["server_cpu_us_per_request"]
-            - 1,
+            1
+            - r["linkedge"]["server_cpu_us_per_request"]
+            / r[CAPTURE_KEY]["server_cpu_us_per_request"],
             4,
         )
         for r in both
-        if r["linkedge"]["server_cpu_us_per_request"]
-        and r[CAPTURE_KEY]["server_cpu_us_per_request"] is not None
+        if r["linkedge"]["server_cpu_us_per_request"] is not None
+        and r[CAPTURE_KEY]["server_cpu_us_per_request"]
     ]
     return {
         "rounds": len(both),
         "drop": round(statistics.median(drops), 4) if drops else None,
         "rounds_drop": drops,
-        "cpu_rise": round(statistics.median(rises), 4) if rises else None,
-        "rounds_cpu_rise": rises,
+        "drop_at_equal_cpu": round(statistics.median(at_equal_cpu), 4) if at_equal_cpu else None,
+        "rounds_drop_at_equal_cpu": at_equal_cpu,
         "requests_per_s_off": median([r["linkedge"]["requests_per_s"] for r in both]),
         "requests_per_s_on": median([r[CAPTURE_KEY]["requests_per_s"] for r in both]),
         "cpu_cores_off": median([r["linkedge"]["server_cpu_cores"] for r in both]),
@@ -427,8 +430,8 @@ def capture_markdown(report: dict[str, Any]) -> str:
         f"{report['settings']['rounds']} rounds of "
         f"{report['settings']['seconds_per_case'] / report['settings']['rounds']:.1f} s per "
         "case and server, each server alone in turn (their order turning round every round), "
-        "then as many rounds with both loaded at once; the drop is the median of the "
-        "together rounds' own drops, "
+        "then as many rounds with both loaded at once; the target's drop is the median of the "
+        "together rounds' drops at equal CPU (1 - CPU per request off / on), "
         f"{report['started']}, git `{report['git'].get('commit', '?')[:12]}`. "
         f"Capture: {capture['rate']:.0%} of the neg answers plus every pos; over all cases "
         f"that was **{_share(capture['captured_share'])} of the rows** "
@@ -438,18 +441,18 @@ def capture_markdown(report: dict[str, Any]) -> str:
         "",
         "Both servers at once (the target's figures):",
         "",
-        "| case | rows captured | off → on, req/s | drop (rounds' median) | rounds' drops "
-        "| CPU per request, rise | CPU cores used, off / on |",
+        "| case | rows captured | drop at equal CPU (rounds' median) | rounds' drops at equal "
+        "CPU | off → on, req/s | drop in req/s | CPU cores used, off / on |",
         "|---|---|---|---|---|---|---|",
     ]
     for key, entry in capture["cases"].items():
         together = entry.get("together") or {}
         lines.append(
             f"| {key} | {_share(entry.get('captured_share'))} "
-            f"| {together.get('requests_per_s_off')} → {together.get('requests_per_s_on')} "
             f"| **{_share(entry['drop'])}** "
-            f"| {', '.join(_share(value) for value in together.get('rounds_drop', []))} "
-            f"| {_share(together.get('cpu_rise'))} "
+            f"| {', '.join(_share(v) for v in together.get('rounds_drop_at_equal_cpu', []))} "
+            f"| {together.get('requests_per_s_off')} → {together.get('requests_per_s_on')} "
+            f"| {_share(together.get('drop'))} "
             f"| {together.get('cpu_cores_off')} / {together.get('cpu_cores_on')} |"
         )
     lines += [
