@@ -28,6 +28,9 @@ DEFAULT_OUT = REPO / "bench" / "results"
 SPECIAL_CASES = ("slow-clients", "soak", "mqtt", "grpc", "capture")
 GRPC_SECONDS = 6.0  # --case grpc: per case and server (3 rounds of 2 s; 6 cases, 3 targets)
 GRPC_QUIET_WAIT = 20.0  # --case grpc: per case, at most
+# --case capture: 10 rounds of 6 s per case and server (alone), then 10 together: a 5 % target
+# needs more rounds than this machine's round-to-round noise allows with 3
+CAPTURE_SECONDS, CAPTURE_ROUNDS = 60.0, 10
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,10 +45,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="latest.json/.png/.md")
     parser.add_argument("--smoke", action="store_true", help="a few seconds, to test the bench")
     parser.add_argument(
-        "--seconds", type=float, help="per case and server (default 12, grpc 6, smoke 1)"
+        "--seconds",
+        type=float,
+        help="per case and server (default 12, grpc 6, capture 60, smoke 1)",
     )
     parser.add_argument(
-        "--rounds", type=int, help="interleaved rounds per case; median kept (default 3)"
+        "--rounds",
+        type=int,
+        help="interleaved rounds per case; median kept (default 3, capture 10)",
     )
     parser.add_argument("--warmup", type=float, help="per case (default 2, smoke 0)")
     parser.add_argument("--cold-starts", type=int, help="fresh containers timed (default 5)")
@@ -115,6 +122,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=0.01,
         help="capture: share of the neg answers captured (every pos is; default 0.01)",
+    )
+    parser.add_argument(
+        "--capture-control",
+        action="store_true",
+        help="capture: a control run, the second server without capture too: its drop is this "
+        "machine's noise floor (written as capture-control.*)",
     )
     parser.add_argument(
         "--capture-cases",
@@ -188,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     if special in (["soak"], ["mqtt"], ["capture"]):
         with_mlserver = False  # the soak is about LinkEdge's own memory; MQTT is LinkEdge's
     grpc = special == ["grpc"]
+    capture = special == ["capture"]
     plot = not args.no_plot and special not in (["mqtt"], ["grpc"], ["capture"])  # plot.py: no
     try:
         if args.platform and not args.build:
@@ -201,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
             image=args.image,
             bundle=args.bundle,
             mode="smoke" if smoke else "full",
-            seconds=args.seconds or (1.0 if smoke else GRPC_SECONDS if grpc else 12.0),
-            rounds=args.rounds or (1 if smoke else 3),
+            seconds=args.seconds
+            or (1.0 if smoke else GRPC_SECONDS if grpc else CAPTURE_SECONDS if capture else 12.0),
+            rounds=args.rounds or (1 if smoke else CAPTURE_ROUNDS if capture else 3),
             warmup_seconds=args.warmup if args.warmup is not None else (0.0 if smoke else 2.0),
             cold_starts=args.cold_starts or (1 if smoke else 5),
             quiet_wait=args.quiet_wait
@@ -227,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             grpc_channels=args.grpc_channels,
             capture_rate=args.capture_rate,
             capture_cases=tuple(args.capture_cases.split(",")) if args.capture_cases else (),
+            capture_control=args.capture_control,
         )
         runner = {
             "slow-clients": SlowClientBench,
@@ -248,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     kind = name = special[0] if special else "latest"
+    if kind == "capture" and args.capture_control:
+        name = "capture-control"  # never in place of the measured figures
     if report.get("settings", {}).get("image_emulated"):
         # Never in place of the hardware figures: latest-arm64-emulated.*
         name = f"{kind}-{report['settings']['image_architecture']}-emulated"

@@ -173,16 +173,21 @@ class CaptureBench(Bench):
         # Not in WORKDIR: Bench.run removes that before run() below reads the spool.
         self.spool = Path(self._spool_dir.name)
         os.chmod(self.spool, 0o777)  # the image's user (10001) writes it
-        self.capturing = CapturingContainer(
-            self.settings.image,
-            key=CAPTURE_KEY,
-            label=f"LinkEdge, capture on ({self.settings.capture_rate:.0%} + every pos)",
-            env={
-                contract.ENV_CAPTURE_DIR: SPOOL_MOUNT,
-                contract.ENV_CAPTURE_RATE: str(self.settings.capture_rate),
-            },
-            mounts=[(self.spool, SPOOL_MOUNT, False)],
-        )
+        if self.settings.capture_control:  # the same pair with capture off in both
+            self.capturing = CapturingContainer(
+                self.settings.image, key=CAPTURE_KEY, label="LinkEdge, capture off (control)"
+            )
+        else:
+            self.capturing = CapturingContainer(
+                self.settings.image,
+                key=CAPTURE_KEY,
+                label=f"LinkEdge, capture on ({self.settings.capture_rate:.0%} + every pos)",
+                env={
+                    contract.ENV_CAPTURE_DIR: SPOOL_MOUNT,
+                    contract.ENV_CAPTURE_RATE: str(self.settings.capture_rate),
+                },
+                mounts=[(self.spool, SPOOL_MOUNT, False)],
+            )
         return [LinkEdgeContainer(self.settings.image), self.capturing]
 
     def run_case(self, case: Case, servers: list[Any], bodies_dir: Path) -> dict[str, Any]:
@@ -273,7 +278,10 @@ class CaptureBench(Bench):
                     self.in_process_cpu_us.get(case["key"]),
                     median(off["rounds_server_cpu_us_per_request"]),
                 ),
-                "captured_share": self.captured_shares.get(case["key"]),
+                # The share of the case's rows capture keeps (none in a control run).
+                "captured_share": 0.0
+                if self.settings.capture_control
+                else self.captured_shares.get(case["key"]),
             }
         assert self.spool is not None
         # What the next start of the service does: seal what the killed workers left open.
@@ -297,6 +305,8 @@ class CaptureBench(Bench):
         captured = self.capturing.captured if self.capturing else 0.0
         dropped_segments, dropped_bytes = spool.dropped()
         report["capture"] = {
+            # A control run: the second server captured nothing; its "drop" is the noise floor.
+            "control": self.settings.capture_control,
             "rate": self.settings.capture_rate,
             # What the bodies made it capture: the cases' rows are not a truck's mix of pos.
             "rows_answered": int(answered),
@@ -423,8 +433,14 @@ def _share(value: float | None) -> str:
 
 def capture_markdown(report: dict[str, Any]) -> str:
     capture = report["capture"]
+    title = "throughput with capture off and on"
+    if capture.get("control"):
+        title = (
+            "control run: the same pair with capture off in both (every drop below is this "
+            "machine's noise, not capture's cost)"
+        )
     lines = [
-        "# Data capture: throughput with capture off and on",
+        f"# Data capture: {title}",
         "",
         f"Image `{report['settings']['image']}`, model `{report['settings']['model_version']}`, "
         f"{report['settings']['rounds']} rounds of "

@@ -42,6 +42,7 @@ class Settings:
     cases: tuple[str, ...] = ()  # keys of the standard cases to run; empty: all of them
     capture_rate: float = 0.01  # --case capture: LINKEDGE_CAPTURE_RATE of the capturing one
     capture_cases: tuple[str, ...] = ()  # --case capture: its cases (empty: all of the mode)
+    capture_control: bool = False  # --case capture: the second server without capture too
     # --case slow-clients (bench/resilience.py)
     slow_seconds: float = 40.0  # each phase: alone, then beside the slow clients
     slow_connections: int = 64
