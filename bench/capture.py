@@ -129,6 +129,8 @@ class CaptureBench(Bench):
             if body is not None:
                 positive = body.labels.count("pos") / len(body.labels)
                 share = positive + self.settings.capture_rate * (1 - positive)
+                if self.settings.capture_control:
+                    share = 0.0  # the second server captures nothing
                 self.captured_shares[case.key] = round(share, 4)
                 rows = self._case_rows.get(case.key)
                 if rows is None:
@@ -278,10 +280,7 @@ class CaptureBench(Bench):
                     self.in_process_cpu_us.get(case["key"]),
                     median(off["rounds_server_cpu_us_per_request"]),
                 ),
-                # The share of the case's rows capture keeps (none in a control run).
-                "captured_share": 0.0
-                if self.settings.capture_control
-                else self.captured_shares.get(case["key"]),
+                "captured_share": self.captured_shares.get(case["key"]),
             }
         assert self.spool is not None
         # What the next start of the service does: seal what the killed workers left open.
@@ -347,28 +346,21 @@ def together_figures(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """The rounds with both servers at once: each round's drop in requests/s, and its drop at
     equal CPU (1 - CPU per request off / on), their medians, and the CPU each server used."""
     both = [r for r in rounds if "linkedge" in r and CAPTURE_KEY in r]
-    drops = [
-        round(1 - r[CAPTURE_KEY]["requests_per_s"] / r["linkedge"]["requests_per_s"], 4)
-        for r in both
-        if r["linkedge"]["requests_per_s"]
-    ]
-    at_equal_cpu = [
-        round(
-            1
-            - r["linkedge"]["server_cpu_us_per_request"]
-            / r[CAPTURE_KEY]["server_cpu_us_per_request"],
-            4,
-        )
-        for r in both
-        if r["linkedge"]["server_cpu_us_per_request"] is not None
-        and r[CAPTURE_KEY]["server_cpu_us_per_request"]
-    ]
+
+    def by_index(key: str, figure: str) -> dict[int, float]:
+        return {index: r[key][figure] for index, r in enumerate(both)}
+
+    rps_off = by_index("linkedge", "requests_per_s")
+    rps_on = by_index(CAPTURE_KEY, "requests_per_s")
+    cpu_off = by_index("linkedge", "server_cpu_us_per_request")
+    cpu_on = by_index(CAPTURE_KEY, "server_cpu_us_per_request")
     return {
         "rounds": len(both),
-        "drop": round(statistics.median(drops), 4) if drops else None,
-        "rounds_drop": drops,
-        "drop_at_equal_cpu": round(statistics.median(at_equal_cpu), 4) if at_equal_cpu else None,
-        "rounds_drop_at_equal_cpu": at_equal_cpu,
+        "drop": paired_drop(rps_off, rps_on),
+        "rounds_drop": round_drops(rps_off, rps_on),
+        # 1 - CPU per request off / on: round_drops' 1 - b / a with a = on, b = off
+        "drop_at_equal_cpu": paired_drop(cpu_on, cpu_off),
+        "rounds_drop_at_equal_cpu": round_drops(cpu_on, cpu_off),
         "requests_per_s_off": median([r["linkedge"]["requests_per_s"] for r in both]),
         "requests_per_s_on": median([r[CAPTURE_KEY]["requests_per_s"] for r in both]),
         "cpu_cores_off": median([r["linkedge"]["server_cpu_cores"] for r in both]),
